@@ -1,0 +1,8 @@
+//! The core of scriptd: domain types, the actors that own scripts, runs, the
+//! outbox and the event hub, and the SQL store they use. Knows nothing of HTTP.
+
+pub mod domain;
+pub mod error;
+pub mod store;
+
+pub use error::{Error, ErrorCode, Result};

@@ -1,0 +1,173 @@
+//! Authentication: the `Caller` extractor. Every route except health, readiness
+//! and the OpenAPI document takes a `Caller`, so no route can forget the check.
+
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest};
+use actors::domain::{ActorId, TenantId};
+use actors::ErrorCode;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::ApiError;
+use crate::settings::{AuthMode, AuthSettings};
+use crate::state::AppState;
+
+/// The tenants a caller may act in.
+#[derive(Debug, Clone)]
+pub enum TenantScope {
+    Any,
+    Only(Vec<String>),
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub actor_id: ActorId,
+    pub admin: bool,
+    pub tenants: TenantScope,
+    /// The bearer token itself (for per-token rate limits); never logged.
+    pub token: SecretString,
+}
+
+impl Caller {
+    /// 403 unless the caller may act in `tenant`.
+    pub fn check_tenant(&self, tenant: &TenantId) -> Result<(), ApiError> {
+        match &self.tenants {
+            TenantScope::Any => Ok(()),
+            TenantScope::Only(list) if list.iter().any(|t| t == tenant.as_str()) => Ok(()),
+            TenantScope::Only(_) => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("the token does not grant tenant {tenant}"),
+            )),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::new(ErrorCode::Forbidden, "admin role required"))
+        }
+    }
+}
+
+/// Verifies bearer tokens according to `[auth]`.
+pub struct Authenticator {
+    mode: AuthMode,
+    admin_token: SecretString,
+}
+
+impl Authenticator {
+    pub fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
+        if settings.mode == AuthMode::Jwt {
+            anyhow::bail!("auth.mode = \"jwt\" is not available in this build yet");
+        }
+        Ok(Authenticator {
+            mode: settings.mode,
+            admin_token: settings.admin_token.clone(),
+        })
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+        match self.mode {
+            AuthMode::Dev => Ok(self.dev_caller(token)),
+            AuthMode::Jwt => Err(ApiError::unauthorized("jwt mode is not available")),
+        }
+    }
+
+    fn dev_caller(&self, token: &str) -> Caller {
+        let admin_token = self.admin_token.expose_secret();
+        let admin = !admin_token.is_empty() && token == admin_token;
+        let prefix = token.split('.').next().unwrap_or_default();
+        let actor = if prefix.is_empty() {
+            "anonymous"
+        } else {
+            prefix
+        };
+        Caller {
+            actor_id: ActorId::new(actor),
+            admin,
+            tenants: TenantScope::Any,
+            token: SecretString::from(token.to_string()),
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(ApiError::unauthorized(
+            "expected Authorization: Bearer <token>",
+        ));
+    }
+    Ok(token)
+}
+
+/// A token may also come as `?access_token=` (browsers' EventSource cannot send
+/// headers); only the SSE route accepts it.
+pub fn caller_from_query_or_header(
+    req: &HttpRequest,
+    query_token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let state = AppState::of(req)?;
+    match (
+        req.headers().contains_key(header::AUTHORIZATION),
+        query_token,
+    ) {
+        (false, Some(token)) if !token.is_empty() => state.auth.authenticate(token),
+        _ => state.auth.authenticate(bearer_token(req)?),
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(AppState::of(req).and_then(|state| state.auth.authenticate(bearer_token(req)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> Authenticator {
+        Authenticator {
+            mode: AuthMode::Dev,
+            admin_token: SecretString::from("dev-admin".to_string()),
+        }
+    }
+
+    #[test]
+    fn dev_actor_is_the_token_prefix() {
+        assert_eq!(
+            dev().authenticate("alice.xyz").unwrap().actor_id.as_str(),
+            "alice"
+        );
+        assert_eq!(dev().authenticate("bob").unwrap().actor_id.as_str(), "bob");
+        assert_eq!(
+            dev().authenticate(".x").unwrap().actor_id.as_str(),
+            "anonymous"
+        );
+        assert!(dev().authenticate("dev-admin").unwrap().admin);
+        assert!(!dev().authenticate("alice").unwrap().admin);
+    }
+}

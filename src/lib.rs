@@ -1,0 +1,18 @@
+//! scriptd: the HTTP edge (routes, middleware, auth, config, the embedded
+//! PostgreSQL launcher) around the `actors` core.
+
+pub mod auth;
+pub mod embedded;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod tenant;
+
+pub use settings::Settings;
+pub use startup::Application;

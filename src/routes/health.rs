@@ -1,0 +1,67 @@
+//! Liveness, readiness and the OpenAPI document: the routes without auth.
+
+use std::time::Duration;
+
+use actix_web::{get, web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::OpenApiJson;
+use crate::state::State;
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct StatusBody {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Liveness: 200 while the process runs.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "The process is running", body = StatusBody))
+)]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(StatusBody { status: "ok" })
+}
+
+/// Readiness: 200 when the database answers; 503 when it does not, and from the
+/// moment shutdown begins.
+#[utoipa::path(
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve", body = StatusBody),
+        (status = 503, description = "Database unreachable or shutting down (`UNAVAILABLE`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait")))
+    )
+)]
+#[get("/readyz")]
+pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
+    if !state.is_accepting() {
+        return Err(ApiError::unavailable(anyhow::anyhow!("shutting down")));
+    }
+    let limit = Duration::from_millis(state.settings.database.connect_timeout_ms);
+    match tokio::time::timeout(limit, actors::store::ping(&state.pool)).await {
+        Ok(Ok(())) => Ok(HttpResponse::Ok().json(StatusBody { status: "ok" })),
+        Ok(Err(e)) => Err(ApiError::unavailable(
+            anyhow::Error::new(e).context("readiness check"),
+        )),
+        Err(_) => Err(ApiError::unavailable(anyhow::anyhow!(
+            "readiness check timed out"
+        ))),
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+#[get("/openapi.json")]
+pub async fn openapi_json(doc: web::Data<OpenApiJson>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.0.clone())
+}

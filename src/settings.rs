@@ -1,0 +1,244 @@
+//! Layered configuration: the compiled-in `config/default.toml`, an optional
+//! file, then environment variables. Settings are passed around, never global.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The defaults, compiled in so that the binary works from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub embedded: EmbeddedSettings,
+    pub auth: AuthSettings,
+    pub events: EventsSettings,
+    pub outbox: OutboxSettings,
+    pub idempotency: IdempotencySettings,
+    pub rate_limit: RateLimitSettings,
+    pub limits: LimitsSettings,
+    pub actors: ActorsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub bind: String,
+    pub port: u16,
+    pub cors_origins: Vec<String>,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddedSettings {
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Dev,
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub jwt_secret: SecretString,
+    pub jwt_public_key_file: PathBuf,
+    pub admin_token: SecretString,
+    pub allow_dev_on_public: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventsSettings {
+    pub keepalive_secs: u64,
+    pub retention_hours: u64,
+    pub session_buffer: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    pub dev_worker: bool,
+    pub poll_interval_ms: u64,
+    pub lease_secs: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub dev_delay_min_ms: u64,
+    pub dev_delay_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    pub ttl_hours: u64,
+    pub inflight_lease_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub per_tenant_per_sec: u32,
+    pub per_token_per_sec: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitsSettings {
+    pub versions_body_bytes: usize,
+    pub commands_body_bytes: usize,
+    pub vars_body_bytes: usize,
+    pub default_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActorsSettings {
+    pub idle_secs: u64,
+    pub run_queue_max: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+}
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["http.cors_origins"];
+
+impl Settings {
+    /// The compiled-in defaults only (what tests start from).
+    pub fn defaults() -> Result<Self, SettingsError> {
+        Self::load(None, HashMap::new())
+    }
+
+    /// Defaults, then `file`, then the given environment (pass
+    /// `std::env::vars().collect()` in production; tests pass their own map).
+    pub fn load(file: Option<&Path>, env: HashMap<String, String>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(SettingsError::MissingFile(path.to_path_buf()));
+            }
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let mut scoped: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("SCRIPTD__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // The two conventional names win over nothing but are overridden by nothing:
+        // they are the documented short forms.
+        if let Some(url) = env.get("DATABASE_URL") {
+            scoped.insert("SCRIPTD__DATABASE__URL".into(), url.clone());
+        }
+        if let Some(port) = env.get("PORT") {
+            scoped.insert("SCRIPTD__HTTP__PORT".into(), port.clone());
+        }
+        let mut environment = config::Environment::with_prefix("SCRIPTD")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .source(Some(scoped));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.http.bind, "127.0.0.1");
+        assert_eq!(s.http.port, 8080);
+        assert!(s.http.cors_origins.is_empty());
+        assert_eq!(s.auth.mode, AuthMode::Dev);
+        assert_eq!(s.limits.versions_body_bytes, 5 * 1024 * 1024);
+        assert_eq!(s.outbox.dev_delay_max_ms, 2000);
+        assert_eq!(s.log.format, LogFormat::Pretty);
+        assert!(s.database.url.expose_secret().is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("scriptd-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("override.toml");
+        std::fs::write(&file, "[http]\nport = 9000\n[outbox]\nmax_attempts = 7\n").unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[
+                ("PORT", "9100"),
+                ("DATABASE_URL", "postgres://x@localhost/db"),
+                ("SCRIPTD__OUTBOX__DEV_DELAY_MIN_MS", "0"),
+                ("SCRIPTD__HTTP__CORS_ORIGINS", "http://a.test,http://b.test"),
+                ("SCRIPTD__AUTH__JWT_SECRET", "12345"),
+                ("UNRELATED", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.port, 9100);
+        assert_eq!(s.outbox.max_attempts, 7);
+        assert_eq!(s.outbox.dev_delay_min_ms, 0);
+        assert_eq!(s.http.cors_origins, vec!["http://a.test", "http://b.test"]);
+        assert_eq!(s.database.url.expose_secret(), "postgres://x@localhost/db");
+        assert_eq!(s.auth.jwt_secret.expose_secret(), "12345");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Settings::load(Some(Path::new("/nonexistent/x.toml")), HashMap::new());
+        assert!(matches!(err, Err(SettingsError::MissingFile(_))));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::load(None, env(&[("SCRIPTD__AUTH__JWT_SECRET", "topsecret")])).unwrap();
+        assert!(!format!("{s:?}").contains("topsecret"));
+    }
+}

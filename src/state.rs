@@ -1,0 +1,41 @@
+//! What every handler can reach: settings, the pool, the authenticator, the actors.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest};
+use deadpool_postgres::Pool;
+
+use crate::auth::Authenticator;
+use crate::error::ApiError;
+use crate::settings::Settings;
+
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: Pool,
+    pub auth: Authenticator,
+    /// False from the moment shutdown begins: `/readyz` answers 503 at once.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    pub fn of(req: &HttpRequest) -> Result<&AppState, ApiError> {
+        req.app_data::<web::Data<AppState>>()
+            .map(|d| d.get_ref())
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+}
+
+pub type State = web::Data<AppState>;
+
+pub fn shared(state: AppState) -> Arc<AppState> {
+    Arc::new(state)
+}

@@ -1,0 +1,304 @@
+//! The test harness: one PostgreSQL per test run (the embedded launcher, or
+//! DATABASE_URL), a migrated template database, and for each test a fresh copy
+//! of it and a scriptd on port 0 over real HTTP.
+#![allow(dead_code)] // helpers serve every test module; not each uses all
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use scriptd::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use scriptd::startup::Stopper;
+use scriptd::state::State;
+use scriptd::{Application, Settings};
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const TENANT: &str = "t1";
+pub const TOKEN: &str = "alice.token";
+
+struct TestCluster {
+    /// Connection string without dbname (embedded) or the DATABASE_URL.
+    base: String,
+    template: String,
+    pg: Option<EmbeddedPostgres>,
+    dir: Option<PathBuf>,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+
+extern "C" fn stop_cluster_at_exit() {
+    if let Some(c) = CLUSTER.get() {
+        if let Some(pg) = &c.pg {
+            let _ = pg.stop();
+        }
+        if let Some(dir) = &c.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `url` pointing at database `name` (URL or key=value form).
+pub fn with_dbname(url: &str, name: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .map(|r| ("postgres://", r))
+        .or_else(|| {
+            url.strip_prefix("postgresql://")
+                .map(|r| ("postgresql://", r))
+        })
+    {
+        let (scheme, rest) = rest;
+        let (main, query) = match rest.split_once('?') {
+            Some((m, q)) => (m, Some(q)),
+            None => (rest, None),
+        };
+        let authority = main.split('/').next().unwrap_or_default();
+        let mut out = format!("{scheme}{authority}/{name}");
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    } else {
+        format!("{url} dbname={name}")
+    }
+}
+
+fn cluster() -> &'static TestCluster {
+    CLUSTER.get_or_init(|| {
+        let run = std::process::id();
+        let (base, pg, dir) = match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => (url, None, None),
+            _ => {
+                let dir = std::env::temp_dir().join(format!("scriptd-tests-{run}"));
+                let mut opts = EmbeddedOptions::new(dir.join("pg"));
+                // Test data is throwaway: trade durability for speed (never in serve).
+                for (k, v) in [
+                    ("fsync", "off"),
+                    ("synchronous_commit", "off"),
+                    ("full_page_writes", "off"),
+                    ("max_connections", "400"),
+                ] {
+                    opts.server_settings.push((k.into(), v.into()));
+                }
+                let pg = EmbeddedPostgres::start(&opts).expect("start the test PostgreSQL");
+                let base = pg.connection_string("postgres");
+                // key=value form: a later dbname overrides this one
+                (base, Some(pg), Some(dir))
+            }
+        };
+        // SAFETY: registering a plain extern "C" function.
+        unsafe {
+            libc::atexit(stop_cluster_at_exit);
+        }
+        let template = format!("scriptd_tpl_{run}");
+        let maintenance = base.clone();
+        let tpl = template.clone();
+        // Migrate the template on a thread with its own runtime (tests run
+        // inside a runtime, which cannot block on another).
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let admin = connect(&maintenance).await;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {tpl}"))
+                    .await
+                    .expect("create the template database");
+                let pool = actors::store::connect(
+                    &with_dbname(&maintenance, &tpl),
+                    1,
+                    Duration::from_secs(10),
+                )
+                .unwrap();
+                actors::store::migrate(&pool)
+                    .await
+                    .expect("migrate the template");
+                pool.close();
+            });
+        })
+        .join()
+        .expect("template setup");
+        TestCluster {
+            base,
+            template,
+            pg,
+            dir,
+        }
+    })
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh database copied from the migrated template; returns its URL.
+pub async fn fresh_database() -> String {
+    let c = cluster();
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let admin = connect(&c.base).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {}", c.template))
+        .await
+        .expect("create the test database");
+    with_dbname(&c.base, &name)
+}
+
+/// Settings for a test app against `db_url`.
+pub fn test_settings(db_url: &str) -> Settings {
+    let mut s = Settings::defaults().expect("default settings");
+    s.http.port = 0;
+    s.http.shutdown_timeout_secs = 1;
+    s.database.url = SecretString::from(db_url.to_string());
+    s.database.pool_size = 4;
+    s
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db_url: String,
+    pub client: reqwest::Client,
+    pub stopper: Stopper,
+    pub state: State,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let db_url = fresh_database().await;
+    spawn_app_on(&db_url, configure).await
+}
+
+/// A scriptd on an existing database (two apps may share one).
+pub async fn spawn_app_on(db_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logs();
+    let mut settings = test_settings(db_url);
+    configure(&mut settings);
+    let app = Application::build(settings).await.expect("build the app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let stopper = app.stopper();
+    let state = app.state();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        db_url: db_url.to_string(),
+        client: reqwest::Client::new(),
+        stopper,
+        state,
+    }
+}
+
+fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            scriptd::telemetry::init(scriptd::settings::LogFormat::Pretty);
+        }
+    });
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A request with no headers at all.
+    pub fn raw(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// A request with the default token and tenant.
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.raw(method, path)
+            .bearer_auth(TOKEN)
+            .header("x-tenant-id", TENANT)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.expect("request")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.req(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Response {
+        self.req(Method::PATCH, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connect(&self.db_url).await
+    }
+}
+
+/// Asserts the contract's error shape and code; returns the body.
+pub async fn assert_error(res: Response, status: u16, code: &str) -> Value {
+    let got = res.status();
+    let text = res.text().await.expect("body");
+    assert_eq!(got, StatusCode::from_u16(status).unwrap(), "body: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    assert_eq!(body["code"], code, "body: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+/// The JSON body of a response with the expected status.
+pub async fn json_of(res: Response, status: u16) -> Value {
+    let got = res.status();
+    let text = res.text().await.expect("body");
+    assert_eq!(got.as_u16(), status, "body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// The field names listed in a VALIDATION_FAILED body.
+pub fn fields(body: &Value) -> Vec<String> {
+    body["details"]["fields"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["field"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `check` returns `Some`, polling, failing after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,6 @@
+//! All black-box tests: one binary, real HTTP, real PostgreSQL.
+
+mod helpers;
+
+mod embedded;
+mod foundation;
