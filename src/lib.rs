@@ -7,12 +7,14 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi;
+pub mod page;
 pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
+pub mod validation;
 
 pub use settings::Settings;
 pub use startup::Application;

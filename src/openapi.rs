@@ -6,6 +6,16 @@ use utoipa::openapi::OpenApi;
 use utoipa::Modify;
 use utoipa_actix_web::AppExt;
 
+/// The `x-tenant-id` header every tenant-scoped route takes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct TenantHeader {
+    /// The tenant, `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`.
+    #[param(rename = "x-tenant-id")]
+    x_tenant_id: Option<String>,
+}
+
 /// The serialized document, served at `GET /openapi.json`.
 pub struct OpenApiJson(pub String);
 

@@ -73,10 +73,15 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let shutdown_timeout = settings.http.shutdown_timeout_secs;
+        let scripts = actors::scripts::Scripts::new(
+            pool.clone(),
+            Duration::from_secs(settings.actors.idle_secs),
+        );
         let state = web::Data::new(AppState {
             settings: std::sync::Arc::new(settings),
             pool,
             auth,
+            scripts,
             accepting: AtomicBool::new(true),
         });
         let doc = crate::openapi::document();

@@ -14,6 +14,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: Pool,
     pub auth: Authenticator,
+    pub scripts: actors::scripts::Scripts,
     /// False from the moment shutdown begins: `/readyz` answers 503 at once.
     pub accepting: AtomicBool,
 }

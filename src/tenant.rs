@@ -48,7 +48,15 @@ impl FromRequest for TenantHeader {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(match req.headers().get(TENANT_HEADER) {
+        let mut values = req.headers().get_all(TENANT_HEADER);
+        let first = values.next();
+        if values.any(|v| Some(v) != first) {
+            return ready(Err(ApiError::new(
+                ErrorCode::TenantMismatch,
+                "the request carries different x-tenant-id headers",
+            )));
+        }
+        ready(match first {
             None => Ok(TenantHeader(None)),
             Some(v) => v
                 .to_str()

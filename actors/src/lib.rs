@@ -3,6 +3,9 @@
 
 pub mod domain;
 pub mod error;
+pub mod pagination;
+pub mod registry;
+pub mod scripts;
 pub mod store;
 
 pub use error::{Error, ErrorCode, Result};

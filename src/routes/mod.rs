@@ -3,9 +3,19 @@
 use utoipa_actix_web::service_config::ServiceConfig;
 
 pub mod health;
+pub mod scripts;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
-        .service(health::openapi_json);
+        .service(health::openapi_json)
+        .service(scripts::create_script)
+        .service(scripts::list_scripts)
+        .service(scripts::get_script)
+        .service(scripts::patch_script)
+        .service(scripts::create_version)
+        .service(scripts::publish_version)
+        .service(scripts::list_versions)
+        .service(scripts::get_version)
+        .service(scripts::list_audit);
 }

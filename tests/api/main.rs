@@ -4,3 +4,4 @@ mod helpers;
 
 mod embedded;
 mod foundation;
+mod scripts;

@@ -11,6 +11,8 @@ use tokio_postgres::NoTls;
 
 use crate::error::{Error, Result};
 
+pub mod scripts;
+
 mod embedded_migrations {
     refinery::embed_migrations!("../migrations");
 }
