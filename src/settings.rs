@@ -72,6 +72,7 @@ pub struct EventsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
     pub dev_worker: bool,
+    pub autorun: bool,
     pub poll_interval_ms: u64,
     pub lease_secs: u64,
     pub max_attempts: u32,

@@ -4,10 +4,17 @@ use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use actix::Actor;
 use actix_cors::Cors;
 use actix_web::dev::{ResourceDef, Server, ServerHandle};
 use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
+use actors::events::hub::HubStats;
+use actors::events::{EventHub, EventPublisher};
+use actors::listener;
+use actors::outbox::{DevDispatcher, Dispatcher, Outbox, OutboxActor, OutboxConfig};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use utoipa_actix_web::AppExt;
@@ -45,6 +52,20 @@ fn is_loopback(bind: &str) -> bool {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let dispatcher: Option<Arc<dyn Dispatcher>> = settings.outbox.dev_worker.then(|| {
+            Arc::new(DevDispatcher {
+                min_delay: Duration::from_millis(settings.outbox.dev_delay_min_ms),
+                max_delay: Duration::from_millis(settings.outbox.dev_delay_max_ms),
+            }) as Arc<dyn Dispatcher>
+        });
+        Self::build_with_dispatcher(settings, dispatcher).await
+    }
+
+    /// `build` with another command dispatcher (or none).
+    pub async fn build_with_dispatcher(
+        settings: Settings,
+        dispatcher: Option<Arc<dyn Dispatcher>>,
+    ) -> anyhow::Result<Self> {
         let auth = Authenticator::new(&settings.auth)?;
         if settings.auth.mode == AuthMode::Dev {
             if !is_loopback(&settings.http.bind) && !settings.auth.allow_dev_on_public {
@@ -77,11 +98,48 @@ impl Application {
             pool.clone(),
             Duration::from_secs(settings.actors.idle_secs),
         );
+        let hub_stats = Arc::new(HubStats::default());
+        let hub = EventHub::new(
+            pool.clone(),
+            settings.events.session_buffer,
+            settings.events.retention_hours,
+            hub_stats.clone(),
+        )
+        .start();
+        let outbox = dispatcher.map(|d| {
+            Outbox::new(
+                pool.clone(),
+                d,
+                OutboxConfig {
+                    poll_interval: Duration::from_millis(settings.outbox.poll_interval_ms),
+                    lease: Duration::from_secs(settings.outbox.lease_secs),
+                    max_attempts: settings.outbox.max_attempts.max(1),
+                    backoff_base: Duration::from_millis(settings.outbox.backoff_base_ms),
+                    backoff_max: Duration::from_millis(settings.outbox.backoff_max_ms),
+                },
+            )
+        });
+        let outbox_actor = outbox
+            .as_ref()
+            .filter(|_| settings.outbox.autorun)
+            .map(|o| OutboxActor::new(o.clone()).start());
+        actix_web::rt::spawn(listener::run(
+            url.to_string(),
+            listener::Targets {
+                hub: hub.clone().recipient(),
+                outbox: outbox_actor.map(|a| a.recipient()),
+            },
+        ));
+        let publisher = EventPublisher::new(pool.clone());
         let state = web::Data::new(AppState {
             settings: std::sync::Arc::new(settings),
             pool,
             auth,
             scripts,
+            hub,
+            hub_stats,
+            outbox,
+            publisher,
             accepting: AtomicBool::new(true),
         });
         let doc = crate::openapi::document();
@@ -175,6 +233,8 @@ pub struct Stopper {
 impl Stopper {
     pub async fn stop(&self) {
         self.state.stop_accepting();
+        // Open SSE streams would hold the graceful stop: end them first.
+        let _ = self.state.hub.send(actors::events::hub::CloseAll).await;
         self.handle.stop(true).await;
     }
 }

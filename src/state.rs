@@ -15,6 +15,11 @@ pub struct AppState {
     pub pool: Pool,
     pub auth: Authenticator,
     pub scripts: actors::scripts::Scripts,
+    pub hub: actix::Addr<actors::events::EventHub>,
+    pub hub_stats: std::sync::Arc<actors::events::hub::HubStats>,
+    /// The outbox (None without a dispatcher); `poll_once` for tests.
+    pub outbox: Option<actors::outbox::Outbox>,
+    pub publisher: actors::events::EventPublisher,
     /// False from the moment shutdown begins: `/readyz` answers 503 at once.
     pub accepting: AtomicBool,
 }

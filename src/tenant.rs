@@ -43,26 +43,33 @@ impl TenantHeader {
     }
 }
 
-impl FromRequest for TenantHeader {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+impl TenantHeader {
+    /// The header of a request; several differing values are a mismatch.
+    pub fn read(req: &HttpRequest) -> Result<Self, ApiError> {
         let mut values = req.headers().get_all(TENANT_HEADER);
         let first = values.next();
         if values.any(|v| Some(v) != first) {
-            return ready(Err(ApiError::new(
+            return Err(ApiError::new(
                 ErrorCode::TenantMismatch,
                 "the request carries different x-tenant-id headers",
-            )));
+            ));
         }
-        ready(match first {
+        match first {
             None => Ok(TenantHeader(None)),
             Some(v) => v
                 .to_str()
                 .map(|s| TenantHeader(Some(s.to_string())))
                 .map_err(|_| ApiError::field("x-tenant-id", "must be ASCII")),
-        })
+        }
+    }
+}
+
+impl FromRequest for TenantHeader {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(TenantHeader::read(req))
     }
 }
 

@@ -129,25 +129,38 @@ fn camel(field: &str) -> String {
     out
 }
 
-/// The validator crate's errors as the contract's `details.fields`.
+/// The validator crate's errors as the contract's `details.fields`, nested
+/// structs as `outer.inner`, list items as `list[3].field`.
 pub fn to_api(errors: ValidationErrors) -> ApiError {
-    let mut fields: Vec<FieldError> = errors
-        .field_errors()
-        .into_iter()
-        .flat_map(|(field, errs)| {
-            let field = camel(&field);
-            errs.iter().map(move |e| {
-                let message = e
-                    .message
-                    .as_ref()
-                    .map(|m| m.to_string())
-                    .unwrap_or_else(|| format!("is invalid ({})", e.code));
-                FieldError::new(field.clone(), message)
-            })
-        })
-        .collect();
+    let mut fields = Vec::new();
+    flatten("", &errors, &mut fields);
     fields.sort_by(|a, b| a.field.cmp(&b.field));
     ApiError::validation(fields)
+}
+
+fn flatten(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
+    use validator::ValidationErrorsKind as Kind;
+    for (field, kind) in errors.errors() {
+        let name = format!("{prefix}{}", camel(field));
+        match kind {
+            Kind::Field(errs) => {
+                for e in errs {
+                    let message = e
+                        .message
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| format!("is invalid ({})", e.code));
+                    out.push(FieldError::new(name.clone(), message));
+                }
+            }
+            Kind::Struct(inner) => flatten(&format!("{name}."), inner, out),
+            Kind::List(items) => {
+                for (i, inner) in items {
+                    flatten(&format!("{name}[{i}]."), inner, out);
+                }
+            }
+        }
+    }
 }
 
 /// Collects rule failures of hand-checked fields (merge patches).

@@ -3,6 +3,9 @@
 
 pub mod domain;
 pub mod error;
+pub mod events;
+pub mod listener;
+pub mod outbox;
 pub mod pagination;
 pub mod registry;
 pub mod scripts;

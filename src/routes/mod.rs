@@ -2,6 +2,8 @@
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
+pub mod commands;
+pub mod events;
 pub mod health;
 pub mod scripts;
 
@@ -17,5 +19,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(scripts::publish_version)
         .service(scripts::list_versions)
         .service(scripts::get_version)
-        .service(scripts::list_audit);
+        .service(scripts::list_audit)
+        .service(commands::post_command)
+        .service(commands::get_command)
+        .service(events::stream);
 }

@@ -302,3 +302,157 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A scriptd with another command dispatcher (or none).
+pub async fn spawn_app_with_dispatcher(
+    dispatcher: Option<std::sync::Arc<dyn actors::outbox::Dispatcher>>,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    init_logs();
+    let db_url = fresh_database().await;
+    let mut settings = test_settings(&db_url);
+    configure(&mut settings);
+    let app = Application::build_with_dispatcher(settings, dispatcher)
+        .await
+        .expect("build the app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let stopper = app.stopper();
+    let state = app.state();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        db_url,
+        client: reqwest::Client::new(),
+        stopper,
+        state,
+    }
+}
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+
+    pub fn id(&self) -> i64 {
+        self.id.as_deref().unwrap_or("-1").parse().unwrap()
+    }
+}
+
+/// A test SSE client: parses the stream on a task; `next` waits with a deadline.
+pub struct SseClient {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Option<SseEvent>>,
+    pub ended: bool,
+}
+
+impl SseClient {
+    pub async fn connect(req: RequestBuilder) -> SseClient {
+        use futures::StreamExt;
+        let res = req.send().await.expect("connect the SSE stream");
+        assert_eq!(res.status(), 200, "SSE status");
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        actix_web::rt::spawn(async move {
+            let mut body = res.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let mut ev = SseEvent {
+                        id: None,
+                        event: "message".into(),
+                        data: String::new(),
+                    };
+                    let mut any = false;
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("id:") {
+                            ev.id = Some(v.trim().to_string());
+                            any = true;
+                        } else if let Some(v) = line.strip_prefix("event:") {
+                            ev.event = v.trim().to_string();
+                            any = true;
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            if !ev.data.is_empty() {
+                                ev.data.push('\n');
+                            }
+                            ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                            any = true;
+                        }
+                    }
+                    if any && tx.send(Some(ev)).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(None);
+        });
+        SseClient { rx, ended: false }
+    }
+
+    /// The next event other than `ping`, within `deadline`; `None` when the stream ended.
+    pub async fn next(&mut self, deadline: Duration) -> Option<SseEvent> {
+        loop {
+            let ev = self.next_any(deadline).await?;
+            if ev.event != "ping" {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The next event including pings.
+    pub async fn next_any(&mut self, deadline: Duration) -> Option<SseEvent> {
+        match tokio::time::timeout(deadline, self.rx.recv()).await {
+            Ok(Some(Some(ev))) => Some(ev),
+            Ok(_) => {
+                self.ended = true;
+                None
+            }
+            Err(_) => panic!("no SSE event within {deadline:?}"),
+        }
+    }
+
+    /// Nothing (but pings) arrives within `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        let until = Instant::now() + quiet;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Err(_) => return,
+                Ok(Some(Some(ev))) if ev.event == "ping" => {}
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+}
+
+impl TestApp {
+    /// An SSE stream of `tenant`, with extra query (e.g. `&correlationId=…`).
+    pub async fn sse(&self, tenant: &str, query: &str) -> SseClient {
+        SseClient::connect(
+            self.raw(
+                Method::GET,
+                &format!("/events/stream?tenantId={tenant}{query}"),
+            )
+            .bearer_auth(TOKEN),
+        )
+        .await
+    }
+
+    pub fn outbox(&self) -> &actors::outbox::Outbox {
+        self.state.outbox.as_ref().expect("the app has an outbox")
+    }
+}

@@ -3,5 +3,6 @@
 mod helpers;
 
 mod embedded;
+mod events;
 mod foundation;
 mod scripts;

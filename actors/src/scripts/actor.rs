@@ -208,20 +208,17 @@ impl Actor for ScriptActor {
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
-        match self.stop_reason {
-            // Dropped after a panic: leave the dead entry, so that the registry
-            // sees a closed mailbox and counts the restart when it starts a fresh one.
-            None => {}
-            Some(reason) => {
-                self.registry.remove(self.id, &self.meta);
-                if reason == StopReason::Idle {
-                    self.registry
-                        .stats
-                        .passivated
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(script = %self.id, "script actor passivated");
-                }
-            }
+        // Only an idle actor leaves the registry. After a failure the registry
+        // keeps its address, so the supervisor restarts it; after a panic the
+        // dead entry stays, so the registry sees the closed mailbox and counts
+        // the restart when it starts a fresh one.
+        if self.stop_reason == Some(StopReason::Idle) {
+            self.registry.remove(self.id, &self.meta);
+            self.registry
+                .stats
+                .passivated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(script = %self.id, "script actor passivated");
         }
         Running::Stop
     }

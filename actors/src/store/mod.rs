@@ -11,6 +11,8 @@ use tokio_postgres::NoTls;
 
 use crate::error::{Error, Result};
 
+pub mod commands;
+pub mod events;
 pub mod scripts;
 
 mod embedded_migrations {
