@@ -12,7 +12,7 @@ use actix_web::dev::{ResourceDef, Server, ServerHandle};
 use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
 use actors::events::hub::HubStats;
-use actors::events::{EventHub, EventPublisher};
+use actors::events::{EventAppender, EventHub, EventPublisher};
 use actors::listener;
 use actors::outbox::{DevDispatcher, Dispatcher, Outbox, OutboxActor, OutboxConfig};
 use anyhow::Context;
@@ -130,12 +130,19 @@ impl Application {
                 outbox: outbox_actor.map(|a| a.recipient()),
             },
         ));
-        let publisher = EventPublisher::new(pool.clone());
+        let publisher = EventPublisher::new(EventAppender::start(pool.clone()));
+        let runs = actors::runs::Runs::new(
+            pool.clone(),
+            publisher.clone(),
+            Duration::from_secs(settings.actors.idle_secs),
+            settings.actors.run_queue_max,
+        );
         let state = web::Data::new(AppState {
             settings: std::sync::Arc::new(settings),
             pool,
             auth,
             scripts,
+            runs,
             hub,
             hub_stats,
             outbox,

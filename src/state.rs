@@ -15,6 +15,7 @@ pub struct AppState {
     pub pool: Pool,
     pub auth: Authenticator,
     pub scripts: actors::scripts::Scripts,
+    pub runs: actors::runs::Runs,
     pub hub: actix::Addr<actors::events::EventHub>,
     pub hub_stats: std::sync::Arc<actors::events::hub::HubStats>,
     /// The outbox (None without a dispatcher); `poll_once` for tests.

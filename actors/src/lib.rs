@@ -8,6 +8,7 @@ pub mod listener;
 pub mod outbox;
 pub mod pagination;
 pub mod registry;
+pub mod runs;
 pub mod scripts;
 pub mod store;
 

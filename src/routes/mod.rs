@@ -5,6 +5,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 pub mod commands;
 pub mod events;
 pub mod health;
+pub mod runs;
 pub mod scripts;
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -22,5 +23,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(scripts::list_audit)
         .service(commands::post_command)
         .service(commands::get_command)
-        .service(events::stream);
+        .service(events::stream)
+        .service(runs::start_run)
+        .service(runs::upsert_vars)
+        .service(runs::finish_run)
+        .service(runs::list_runs)
+        .service(runs::get_run);
 }

@@ -5,4 +5,5 @@ mod helpers;
 mod embedded;
 mod events;
 mod foundation;
+mod runs;
 mod scripts;

@@ -64,6 +64,7 @@ pub async fn append(
             &[&now, &tenants, &names, &correlations, &successes, &payloads],
         )
         .await?;
+    // Ids follow the input order (ORDER BY ordinality feeds nextval in order).
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort_unstable();
     let notify = client.prepare_cached("SELECT pg_notify($1, $2)").await?;

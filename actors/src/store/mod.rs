@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 
 pub mod commands;
 pub mod events;
+pub mod runs;
 pub mod scripts;
 
 mod embedded_migrations {

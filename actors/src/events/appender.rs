@@ -1,0 +1,91 @@
+//! The process's event appender: one writer that takes events from every part
+//! of the process and appends whatever has queued up in one transaction
+//! (group commit), in submission order. Producers that await their append keep
+//! their own events in order; the advisory lock still orders appends across
+//! processes.
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::events::model::NewEvent;
+use crate::store::{self, events};
+
+/// Events appended in one transaction at most.
+const MAX_BATCH: usize = 2000;
+
+type Reply = oneshot::Sender<Result<Vec<i64>>>;
+
+#[derive(Clone)]
+pub struct EventAppender {
+    tx: mpsc::UnboundedSender<(Vec<NewEvent>, Option<Reply>)>,
+}
+
+impl EventAppender {
+    /// Starts the writer task on the current runtime.
+    pub fn start(pool: Pool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        actix::spawn(run(pool, rx));
+        EventAppender { tx }
+    }
+
+    /// Appends `events` and waits for the commit; returns their ids.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<i64>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((events, Some(reply)))
+            .map_err(|_| Error::Unavailable(anyhow::anyhow!("the event appender stopped")))?;
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Unavailable(anyhow::anyhow!(
+                "the event appender stopped"
+            )))
+        })
+    }
+}
+
+async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Vec<NewEvent>, Option<Reply>)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut size = batch[0].0.len();
+        while size < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => {
+                    size += item.0.len();
+                    batch.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<NewEvent> = batch.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
+        match write(&pool, &all).await {
+            Ok(ids) => {
+                let mut ids = ids.into_iter();
+                for (events, reply) in batch {
+                    let mine: Vec<i64> = ids.by_ref().take(events.len()).collect();
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(mine));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = all.len(), "appending events failed");
+                let msg = e.to_string();
+                for (_, reply) in batch {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(Error::Unavailable(anyhow::anyhow!(
+                            "appending events failed: {msg}"
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn write(pool: &Pool, all: &[NewEvent]) -> Result<Vec<i64>> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let ids = events::append(&tx, all, store::now_ms()).await?;
+    tx.commit().await?;
+    Ok(ids)
+}

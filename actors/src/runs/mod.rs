@@ -1,0 +1,7 @@
+//! Runs and their variables.
+
+pub mod actor;
+pub mod model;
+pub mod ops;
+
+pub use actor::Runs;

@@ -1,0 +1,224 @@
+//! SQL for script_runs and run_variables.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::runs::model::{Run, RunStatus, RunVariable, VarUpsert, VarValue};
+
+const RUN_COLUMNS: &str = "id, tenant_id, script_id, version, started_by_id, connector_type, \
+     connector_key, status, started_at, ended_at";
+
+fn run_from(row: &Row) -> Run {
+    Run {
+        id: row.get("id"),
+        tenant_id: row.get("tenant_id"),
+        script_id: row.get("script_id"),
+        version: row.get("version"),
+        started_by_id: row.get("started_by_id"),
+        connector_type: row.get("connector_type"),
+        connector_key: row.get("connector_key"),
+        status: RunStatus::parse(row.get("status")).unwrap_or(RunStatus::Running),
+        started_at: row.get("started_at"),
+        ended_at: row.get("ended_at"),
+    }
+}
+
+fn var_from(row: &Row) -> RunVariable {
+    RunVariable {
+        key: row.get("key"),
+        str_val: row.get("str_val"),
+        num_val: row.get("num_val"),
+        bool_val: row.get("bool_val"),
+        json_val: row.get("json_val"),
+        updated_at: row.get("updated_at"),
+    }
+}
+
+pub async fn insert_run(client: &impl GenericClient, r: &Run) -> Result<()> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO script_runs (id, tenant_id, script_id, version, started_by_id, connector_type, \
+             connector_key, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &r.id,
+                &r.tenant_id,
+                &r.script_id,
+                &r.version,
+                &r.started_by_id,
+                &r.connector_type,
+                &r.connector_key,
+                &r.status.as_str(),
+                &r.started_at,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A run by id (any tenant: callers check).
+pub async fn get_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Run>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(run_from))
+}
+
+/// A run, row-locked until the transaction ends (finish).
+pub async fn lock_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Run>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1 FOR UPDATE"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(run_from))
+}
+
+pub async fn finish_run(
+    client: &impl GenericClient,
+    id: Uuid,
+    status: RunStatus,
+    now: DateTime<Utc>,
+) -> Result<Run> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "UPDATE script_runs SET status = $2, ended_at = $3 WHERE id = $1 RETURNING {RUN_COLUMNS}"
+        ))
+        .await?;
+    Ok(run_from(
+        &client
+            .query_one(&stmt, &[&id, &status.as_str(), &now])
+            .await?,
+    ))
+}
+
+/// Upserts `items` (distinct keys) in ONE statement, only while the run is
+/// RUNNING (the run row is share-locked against a concurrent finish until the
+/// statement commits). Returns the stored rows; empty when the run is not
+/// RUNNING.
+pub async fn upsert_vars(
+    client: &impl GenericClient,
+    run_id: Uuid,
+    items: &[&VarUpsert],
+    now: DateTime<Utc>,
+) -> Result<Vec<RunVariable>> {
+    let stmt = client
+        .prepare_cached(
+            "WITH run AS (SELECT id FROM script_runs WHERE id = $1 AND status = 'RUNNING' FOR SHARE) \
+             INSERT INTO run_variables (run_id, key, str_val, num_val, bool_val, json_val, updated_at) \
+             SELECT run.id, u.key, u.s, u.n, u.b, u.j, $2 \
+             FROM run, UNNEST($3::text[], $4::text[], $5::float8[], $6::bool[], $7::jsonb[]) AS u(key, s, n, b, j) \
+             ON CONFLICT (run_id, key) DO UPDATE SET str_val = EXCLUDED.str_val, num_val = EXCLUDED.num_val, \
+               bool_val = EXCLUDED.bool_val, json_val = EXCLUDED.json_val, updated_at = EXCLUDED.updated_at \
+             RETURNING key, str_val, num_val, bool_val, json_val, updated_at",
+        )
+        .await?;
+    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    let mut strs: Vec<Option<&str>> = Vec::with_capacity(items.len());
+    let mut nums: Vec<Option<f64>> = Vec::with_capacity(items.len());
+    let mut bools: Vec<Option<bool>> = Vec::with_capacity(items.len());
+    let mut jsons: Vec<Option<&Value>> = Vec::with_capacity(items.len());
+    for i in items {
+        strs.push(match &i.value {
+            VarValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        });
+        nums.push(match i.value {
+            VarValue::Num(n) => Some(n),
+            _ => None,
+        });
+        bools.push(match i.value {
+            VarValue::Bool(b) => Some(b),
+            _ => None,
+        });
+        jsons.push(match &i.value {
+            VarValue::Json(j) => Some(j),
+            _ => None,
+        });
+    }
+    let rows = client
+        .query(&stmt, &[&run_id, &now, &keys, &strs, &nums, &bools, &jsons])
+        .await?;
+    Ok(rows.iter().map(var_from).collect())
+}
+
+pub async fn list_vars(client: &impl GenericClient, run_id: Uuid) -> Result<Vec<RunVariable>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT key, str_val, num_val, bool_val, json_val, updated_at FROM run_variables \
+             WHERE run_id = $1 ORDER BY key",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&run_id])
+        .await?
+        .iter()
+        .map(var_from)
+        .collect())
+}
+
+/// Filters of `GET /runs`.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub script_id: Option<Uuid>,
+    pub status: Option<RunStatus>,
+    /// Inclusive.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub to: Option<DateTime<Utc>>,
+}
+
+pub async fn list_runs(
+    client: &impl GenericClient,
+    tenant: &str,
+    f: &RunFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Run>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM script_runs WHERE tenant_id = $1 \
+               AND ($2::uuid IS NULL OR script_id = $2) \
+               AND ($3::text IS NULL OR status = $3) \
+               AND ($4::timestamptz IS NULL OR started_at >= $4) \
+               AND ($5::timestamptz IS NULL OR started_at < $5) \
+               AND ($6::timestamptz IS NULL OR (started_at, id) < ($6, $7)) \
+             ORDER BY started_at DESC, id DESC LIMIT $8"
+        ))
+        .await?;
+    let (t, id) = after.unzip();
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &tenant,
+                &f.script_id,
+                &f.status.map(|s| s.as_str()),
+                &f.from,
+                &f.to,
+                &t,
+                &id,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(run_from).collect())
+}

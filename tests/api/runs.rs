@@ -1,0 +1,714 @@
+//! Runs, run variables and the RunActor.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::scripts::{create_script, create_version};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A script with a published version 1 (and an unpublished version 2).
+async fn published_script(app: &TestApp, slug: &str) -> String {
+    let s = create_script(app, slug).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    create_version(app, &id).await;
+    create_version(app, &id).await;
+    json_of(
+        app.post(&format!("/scripts/{id}/versions/1/publish"), &json!({}))
+            .await,
+        200,
+    )
+    .await;
+    id
+}
+
+async fn start_run(app: &TestApp, script: &str) -> String {
+    let res = app.post("/runs", &json!({ "scriptId": script })).await;
+    json_of(res, 201).await["runId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn upsert(app: &TestApp, run: &str, items: Value) -> reqwest::Response {
+    app.post(&format!("/runs/{run}/vars"), &items).await
+}
+
+#[actix_web::test]
+async fn a_run_starts_on_the_active_or_a_given_version() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "r").await;
+    let res = app
+        .post(
+            "/runs",
+            &json!({ "scriptId": script, "connectorType": "whatsapp", "connectorKey": "+55" }),
+        )
+        .await;
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let body = json_of(res, 201).await;
+    let run = &body["run"];
+    assert_eq!(
+        location,
+        format!("/runs/{}", body["runId"].as_str().unwrap())
+    );
+    assert_eq!(run["id"], body["runId"]);
+    assert_eq!(run["version"], 1);
+    assert_eq!(run["status"], "RUNNING");
+    assert_eq!(run["startedById"], "alice");
+    assert_eq!(run["connectorType"], "whatsapp");
+    assert_eq!(run["endedAt"], Value::Null);
+    assert_eq!(run["tenantId"], TENANT);
+
+    let v2 = json_of(
+        app.post(
+            "/runs",
+            &json!({ "scriptId": script, "version": 2, "startedById": "bot" }),
+        )
+        .await,
+        201,
+    )
+    .await;
+    assert_eq!(
+        (
+            v2["run"]["version"].clone(),
+            v2["run"]["startedById"].clone()
+        ),
+        (json!(2), json!("bot"))
+    );
+    assert_error(
+        app.post("/runs", &json!({ "scriptId": script, "version": 9 }))
+            .await,
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    assert_error(
+        app.post("/runs", &json!({ "scriptId": uuid::Uuid::now_v7() }))
+            .await,
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    assert_error(
+        app.post("/runs", &json!({ "scriptId": "nope" })).await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    assert_error(
+        app.post("/runs", &json!({})).await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+
+    let draft = create_script(&app, "draft").await;
+    let draft = draft["id"].as_str().unwrap();
+    assert_error(
+        app.post("/runs", &json!({ "scriptId": draft })).await,
+        409,
+        "NO_ACTIVE_VERSION",
+    )
+    .await;
+    json_of(
+        app.patch(
+            &format!("/scripts/{script}"),
+            &json!({ "status": "ARCHIVED" }),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_error(
+        app.post("/runs", &json!({ "scriptId": script })).await,
+        409,
+        "SCRIPT_ARCHIVED",
+    )
+    .await;
+
+    let res = app
+        .raw(Method::POST, "/runs")
+        .bearer_auth(TOKEN)
+        .json(&json!({ "tenantId": "other", "scriptId": draft }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "NOT_FOUND").await;
+}
+
+#[actix_web::test]
+async fn variables_upsert_by_key_with_one_typed_value() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "v").await;
+    let run = start_run(&app, &script).await;
+    let res = upsert(
+        &app,
+        &run,
+        json!([
+            { "key": "name", "strVal": "Ana" },
+            { "key": "age", "numVal": 41.5 },
+            { "key": "vip", "boolVal": true, "strVal": null },
+            { "key": "profile", "jsonVal": { "a": [1, 2] } },
+            { "key": "name", "strVal": "Bia" }
+        ]),
+    )
+    .await;
+    let body = json_of(res, 200).await;
+    assert_eq!(body["runId"], run.as_str());
+    assert_eq!(body["upserted"], 4);
+    let vars = body["vars"].as_array().unwrap();
+    let keys: Vec<&str> = vars.iter().map(|v| v["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, vec!["age", "name", "profile", "vip"]);
+    assert_eq!(
+        vars[1],
+        json!({ "key": "name", "strVal": "Bia", "numVal": null, "boolVal": null, "jsonVal": null, "updatedAt": vars[1]["updatedAt"] })
+    );
+    assert_eq!(vars[0]["numVal"], 41.5);
+    assert_eq!(vars[2]["jsonVal"], json!({ "a": [1, 2] }));
+    assert_eq!(vars[3]["boolVal"], true);
+
+    // A new type replaces the old one.
+    let body = json_of(
+        upsert(&app, &run, json!([{ "key": "name", "numVal": 7 }])).await,
+        200,
+    )
+    .await;
+    assert_eq!(body["vars"][0]["strVal"], Value::Null);
+    assert_eq!(body["vars"][0]["numVal"], 7.0);
+
+    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    assert_eq!(got["status"], "RUNNING");
+    let keys: Vec<&str> = got["vars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["age", "name", "profile", "vip"]);
+    assert_eq!(got["vars"][1]["numVal"], 7.0);
+}
+
+#[actix_web::test]
+async fn invalid_variables_answer_400_with_the_item_named() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "bad").await;
+    let run = start_run(&app, &script).await;
+    let cases = vec![
+        (json!([]), "body"),
+        (json!([{ "key": "bad key", "strVal": "x" }]), "[0].key"),
+        (
+            json!([{ "key": "a", "strVal": "x" }, { "key": "b" }]),
+            "[1]",
+        ),
+        (json!([{ "key": "a", "strVal": "x", "numVal": 1 }]), "[0]"),
+        (json!([{ "key": "a", "jsonVal": null }]), "[0]"),
+        (json!([{ "key": "a", "numVal": "1" }]), "[0].numVal"),
+        (json!([{ "key": "a", "strVal": "x", "extra": 1 }]), "[0]"),
+        (json!({ "key": "a" }), "body"),
+    ];
+    for (body, field) in cases {
+        let res = upsert(&app, &run, body.clone()).await;
+        let err = assert_error(res, 400, "VALIDATION_FAILED").await;
+        assert!(
+            fields(&err).iter().any(|f| f.starts_with(field)),
+            "{body} → {err}"
+        );
+    }
+    let many: Vec<Value> = (0..501)
+        .map(|i| json!({ "key": format!("k{i}"), "boolVal": true }))
+        .collect();
+    assert_error(
+        upsert(&app, &run, json!(many)).await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    let five_hundred: Vec<Value> = (0..500)
+        .map(|i| json!({ "key": format!("k{i}"), "boolVal": true }))
+        .collect();
+    assert_eq!(
+        json_of(upsert(&app, &run, json!(five_hundred)).await, 200).await["upserted"],
+        500
+    );
+    let huge = json!([{ "key": "big", "strVal": "x".repeat(1024 * 1024) }]);
+    assert_error(upsert(&app, &run, huge).await, 413, "PAYLOAD_TOO_LARGE").await;
+    let res = app
+        .req(Method::POST, &format!("/runs/{run}/vars"))
+        .header("content-type", "application/json")
+        .body("[{\"key\": \"a\", \"numVal\": 1e400}]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_error(
+        upsert(&app, "not-a-uuid", json!([{ "key": "a", "strVal": "x" }])).await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    assert_error(
+        upsert(
+            &app,
+            &uuid::Uuid::now_v7().to_string(),
+            json!([{ "key": "a", "strVal": "x" }]),
+        )
+        .await,
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn finish_ends_the_run_and_refuses_later_writes() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "f").await;
+    let run = start_run(&app, &script).await;
+    json_of(
+        upsert(&app, &run, json!([{ "key": "a", "strVal": "x" }])).await,
+        200,
+    )
+    .await;
+    assert_error(
+        app.post(
+            &format!("/runs/{run}/finish"),
+            &json!({ "status": "RUNNING" }),
+        )
+        .await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    assert_error(
+        app.post(&format!("/runs/{run}/finish"), &json!({ "status": "DONE" }))
+            .await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    let done = json_of(
+        app.post(
+            &format!("/runs/{run}/finish"),
+            &json!({ "status": "SUCCEEDED" }),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(done["status"], "SUCCEEDED");
+    assert!(done["endedAt"].as_str().unwrap().ends_with('Z'));
+    assert_error(
+        app.post(
+            &format!("/runs/{run}/finish"),
+            &json!({ "status": "FAILED" }),
+        )
+        .await,
+        409,
+        "RUN_FINISHED",
+    )
+    .await;
+    assert_error(
+        upsert(&app, &run, json!([{ "key": "b", "strVal": "y" }])).await,
+        409,
+        "RUN_FINISHED",
+    )
+    .await;
+    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    assert_eq!(got["vars"].as_array().unwrap().len(), 1);
+    assert_eq!(got["status"], "SUCCEEDED");
+}
+
+#[actix_web::test]
+async fn another_tenants_run_is_404_everywhere() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "iso").await;
+    let run = start_run(&app, &script).await;
+    let other = |m: Method, p: String| {
+        app.raw(m, &p)
+            .bearer_auth(TOKEN)
+            .header("x-tenant-id", "intruder")
+    };
+    let checks = vec![
+        other(Method::GET, format!("/runs/{run}")),
+        other(Method::POST, format!("/runs/{run}/vars"))
+            .json(&json!([{ "key": "a", "strVal": "x" }])),
+        other(Method::POST, format!("/runs/{run}/finish")).json(&json!({ "status": "FAILED" })),
+        other(Method::POST, "/runs".into()).json(&json!({ "scriptId": script })),
+    ];
+    for req in checks {
+        assert_error(req.send().await.unwrap(), 404, "NOT_FOUND").await;
+    }
+    let list = json_of(
+        other(Method::GET, "/runs".into()).send().await.unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(list["items"], json!([]));
+    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    assert_eq!(
+        (got["status"].clone(), got["vars"].clone()),
+        (json!("RUNNING"), json!([]))
+    );
+}
+
+#[actix_web::test]
+async fn runs_list_by_script_status_and_time() {
+    let app = spawn_app().await;
+    let s1 = published_script(&app, "l1").await;
+    let s2 = published_script(&app, "l2").await;
+    let mut all = Vec::new();
+    for i in 0..7 {
+        all.push(start_run(&app, if i % 2 == 0 { &s1 } else { &s2 }).await);
+    }
+    json_of(
+        app.post(
+            &format!("/runs/{}/finish", all[0]),
+            &json!({ "status": "FAILED" }),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let ids = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // pages, newest first
+    let p1 = json_of(app.get("/runs?limit=3").await, 200).await;
+    let c = p1["nextCursor"].as_str().unwrap();
+    let p2 = json_of(app.get(&format!("/runs?limit=3&cursor={c}")).await, 200).await;
+    let c = p2["nextCursor"].as_str().unwrap();
+    let p3 = json_of(app.get(&format!("/runs?limit=3&cursor={c}")).await, 200).await;
+    assert_eq!(p3["nextCursor"], Value::Null);
+    let mut seen = ids(&p1);
+    seen.extend(ids(&p2));
+    seen.extend(ids(&p3));
+    let mut expected = all.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        ids(&json_of(app.get(&format!("/runs?scriptId={s2}")).await, 200).await).len(),
+        3
+    );
+    assert_eq!(
+        ids(&json_of(app.get("/runs?status=FAILED").await, 200).await),
+        vec![all[0].clone()]
+    );
+    // from inclusive, to exclusive
+    let r3 = json_of(app.get(&format!("/runs/{}", all[3])).await, 200).await;
+    let t3 = r3["startedAt"].as_str().unwrap().replace('Z', "%2B00:00");
+    let from = ids(&json_of(app.get(&format!("/runs?from={t3}")).await, 200).await);
+    assert!(from.contains(&all[3]) && !from.contains(&all[0]));
+    let to = ids(&json_of(app.get(&format!("/runs?to={t3}")).await, 200).await);
+    assert!(!to.contains(&all[3]) && to.contains(&all[0]));
+    assert_error(
+        app.get("/runs?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z")
+            .await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    assert_error(
+        app.get("/runs?from=yesterday").await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    let c = p1["nextCursor"].as_str().unwrap();
+    assert_error(
+        app.get(&format!("/runs?limit=3&cursor={c}&status=RUNNING"))
+            .await,
+        400,
+        "VALIDATION_FAILED",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn concurrent_upserts_on_overlapping_keys_keep_every_acknowledged_write() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "hot").await;
+    let run = start_run(&app, &script).await;
+    let clients = 64;
+    let per_client = 15;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let req_for = |seq: usize| {
+            app.req(Method::POST, &format!("/runs/{run}/vars"))
+                .json(&json!([
+                    { "key": format!("shared{}", (c + seq) % 8), "strVal": format!("c{c}-{seq}") },
+                    { "key": format!("own{c}"), "numVal": seq }
+                ]))
+        };
+        let reqs: Vec<_> = (0..per_client).map(req_for).collect();
+        tasks.push(async move {
+            let mut log = Vec::new();
+            for (seq, req) in reqs.into_iter().enumerate() {
+                let sent = started.elapsed();
+                let res = req.send().await.unwrap();
+                assert_eq!(res.status(), 200);
+                let acked = started.elapsed();
+                log.push((
+                    format!("shared{}", (c + seq) % 8),
+                    format!("c{c}-{seq}"),
+                    sent,
+                    acked,
+                ));
+            }
+            log
+        });
+    }
+    let logs: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    let stored: HashMap<String, Value> = got["vars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["key"].as_str().unwrap().to_string(), v.clone()))
+        .collect();
+    // Each client's own key holds its last acknowledged write.
+    for c in 0..clients {
+        assert_eq!(
+            stored[&format!("own{c}")]["numVal"],
+            (per_client - 1) as f64
+        );
+    }
+    // Each shared key holds an acknowledged write, and no write to that key was
+    // sent after that one had been acknowledged (it would have had to win).
+    for k in 0..8 {
+        let key = format!("shared{k}");
+        let value = stored[&key]["strVal"].as_str().unwrap();
+        let winner = logs
+            .iter()
+            .find(|l| l.0 == key && l.1 == value)
+            .expect("an acknowledged write");
+        let later = logs.iter().filter(|l| l.0 == key && l.2 > winner.3).count();
+        assert_eq!(
+            later, 0,
+            "{key}: {later} writes sent after {value} was acknowledged were lost"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn no_upsert_is_acknowledged_after_the_finish() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "race").await;
+    let run = start_run(&app, &script).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..32 {
+        let reqs: Vec<_> = (0..10)
+            .map(|seq| {
+                app.req(Method::POST, &format!("/runs/{run}/vars"))
+                    .json(&json!([{ "key": format!("k{c}-{seq}"), "boolVal": true }]))
+            })
+            .collect();
+        tasks.push(async move {
+            let mut out = Vec::new();
+            for (seq, req) in reqs.into_iter().enumerate() {
+                let sent = started.elapsed();
+                let status = req.send().await.unwrap().status().as_u16();
+                out.push((format!("k{c}-{seq}"), status, sent, started.elapsed()));
+            }
+            out
+        });
+    }
+    let finisher = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let res = app
+            .post(
+                &format!("/runs/{run}/finish"),
+                &json!({ "status": "CANCELLED" }),
+            )
+            .await;
+        let acked = started.elapsed();
+        assert_eq!(res.status(), 200);
+        acked
+    };
+    let (results, finish_acked) =
+        futures::future::join(futures::future::join_all(tasks), finisher).await;
+    let results: Vec<_> = results.into_iter().flatten().collect();
+    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    let stored: Vec<String> = got["vars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["key"].as_str().unwrap().to_string())
+        .collect();
+    let ended = got["endedAt"].as_str().unwrap().to_string();
+    let mut ok = 0;
+    for (key, status, sent, _) in &results {
+        match status {
+            200 => {
+                ok += 1;
+                assert!(stored.contains(key), "acknowledged {key} is not stored");
+            }
+            409 => assert!(!stored.contains(key)),
+            other => panic!("unexpected status {other}"),
+        }
+        if *sent > finish_acked {
+            assert_eq!(
+                *status, 409,
+                "{key} was sent after the finish was acknowledged"
+            );
+        }
+    }
+    assert_eq!(stored.len(), ok);
+    for v in got["vars"].as_array().unwrap() {
+        assert!(v["updatedAt"].as_str().unwrap() <= ended.as_str());
+    }
+}
+
+#[actix_web::test]
+async fn a_restarted_run_actor_reloads_its_status() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "rs").await;
+    let run = start_run(&app, &script).await;
+    json_of(
+        upsert(&app, &run, json!([{ "key": "a", "strVal": "x" }])).await,
+        200,
+    )
+    .await;
+    let rid = uuid::Uuid::parse_str(&run).unwrap();
+    app.state.runs.inject_failure(rid, false).await.unwrap();
+    json_of(
+        upsert(&app, &run, json!([{ "key": "b", "strVal": "y" }])).await,
+        200,
+    )
+    .await;
+    // Finished in the database behind the actor's back (as another process would).
+    let db = app.db().await;
+    db.execute(
+        "UPDATE script_runs SET status = 'FAILED', ended_at = now() WHERE id = $1",
+        &[&rid],
+    )
+    .await
+    .unwrap();
+    app.state.runs.inject_failure(rid, false).await.unwrap();
+    assert_error(
+        upsert(&app, &run, json!([{ "key": "c", "strVal": "z" }])).await,
+        409,
+        "RUN_FINISHED",
+    )
+    .await;
+    app.state.runs.inject_failure(rid, true).await.unwrap();
+    assert_error(
+        app.post(
+            &format!("/runs/{run}/finish"),
+            &json!({ "status": "FAILED" }),
+        )
+        .await,
+        409,
+        "RUN_FINISHED",
+    )
+    .await;
+    assert_eq!(app.state.runs.registry().counts().restarted, 3);
+}
+
+#[actix_web::test]
+async fn a_full_run_queue_answers_503_with_retry_after() {
+    let app = spawn_app_with(|s| s.actors.run_queue_max = 1).await;
+    let script = published_script(&app, "q").await;
+    let run = start_run(&app, &script).await;
+    let reqs: Vec<_> = (0..60)
+        .map(|i| {
+            app.req(Method::POST, &format!("/runs/{run}/vars"))
+                .json(&json!([{ "key": format!("k{i}"), "numVal": i }]))
+        })
+        .collect();
+    let results = futures::future::join_all(
+        reqs.into_iter()
+            .map(|r| async move { r.send().await.unwrap() }),
+    )
+    .await;
+    let mut busy = 0;
+    for res in results {
+        match res.status().as_u16() {
+            200 => {}
+            503 => {
+                busy += 1;
+                assert!(res.headers().contains_key("retry-after"));
+                assert_error(res, 503, "UNAVAILABLE").await;
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    assert!(busy > 0, "the queue never filled");
+}
+
+#[actix_web::test]
+async fn run_events_reach_the_stream_of_the_run() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "ev").await;
+    let mut all = app.sse(TENANT, "").await;
+    let run = start_run(&app, &script).await;
+    json_of(
+        upsert(
+            &app,
+            &run,
+            json!([{ "key": "b", "strVal": "x" }, { "key": "a", "boolVal": false }]),
+        )
+        .await,
+        200,
+    )
+    .await;
+    json_of(
+        app.post(
+            &format!("/runs/{run}/finish"),
+            &json!({ "status": "SUCCEEDED" }),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let started = all.next(WAIT).await.unwrap();
+    assert_eq!(started.event, "Run.Started.v1");
+    assert_eq!(started.json()["correlationId"], run.as_str());
+    assert_eq!(
+        started.json()["payload"],
+        json!({ "runId": run, "scriptId": script, "version": 1 })
+    );
+    let vars = all.next(WAIT).await.unwrap();
+    assert_eq!(vars.event, "Run.VarsUpserted.v1");
+    assert_eq!(
+        vars.json()["payload"],
+        json!({ "runId": run, "keys": ["a", "b"] })
+    );
+    let finished = all.next(WAIT).await.unwrap();
+    assert_eq!(finished.event, "Run.Finished.v1");
+    assert_eq!(
+        finished.json()["payload"],
+        json!({ "runId": run, "status": "SUCCEEDED" })
+    );
+    assert_eq!(finished.json()["success"], true);
+    // One run's events, replayed by correlation id.
+    let mut one = app
+        .sse(TENANT, &format!("&correlationId={run}&lastEventId=0"))
+        .await;
+    let names: Vec<String> = [
+        one.next(WAIT).await,
+        one.next(WAIT).await,
+        one.next(WAIT).await,
+    ]
+    .into_iter()
+    .map(|e| e.unwrap().event)
+    .collect();
+    assert_eq!(
+        names,
+        vec!["Run.Started.v1", "Run.VarsUpserted.v1", "Run.Finished.v1"]
+    );
+}
