@@ -1,0 +1,813 @@
+//! scriptd-bench: starts a PostgreSQL and a release scriptd, loads data, runs
+//! each scenario against scriptd over HTTP on 127.0.0.1 and the equivalent SQL
+//! with pgbench on the same PostgreSQL, and prints one table.
+//!
+//! Run it with `bench/run` (which builds the release binaries first).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use scriptd::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TENANT: &str = "bench";
+const GRAPH: &str = r#"{"nodes":[{"id":"n1"}],"edges":[]}"#;
+const SCRIPTS: usize = 1000;
+const RUNS: usize = 8;
+const KEYS: usize = 100;
+const SHALLOW: usize = 998;
+const DEEP: usize = 999;
+
+#[derive(Parser)]
+struct Args {
+    /// The scriptd binary to measure (a release build).
+    #[arg(long, default_value = "target/release/scriptd")]
+    scriptd: PathBuf,
+    /// Seconds measured per scenario.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of warm-up before each measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Concurrent connections of the HTTP scenarios and of pgbench.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// SSE sessions of `sse-fanout`.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Audit rows of the deep script in `audit-depth`.
+    #[arg(long, default_value_t = 1_000_000)]
+    deep_rows: usize,
+    /// Comma-separated scenarios (default: all).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+fn script_id(n: usize) -> String {
+    format!("00000000-0000-7000-8000-{n:012}")
+}
+fn version_id(n: usize) -> String {
+    format!("00000000-0000-7000-a000-{n:012}")
+}
+fn run_id(n: usize) -> String {
+    format!("00000000-0000-7000-9000-{n:012}")
+}
+
+/// A tiny xorshift: the load generator needs speed, not quality.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+struct Env {
+    _pg: EmbeddedPostgres,
+    socket_dir: String,
+    db_conn: String,
+    server: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.server.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.server.wait();
+    }
+}
+
+impl Env {
+    fn pid(&self) -> u32 {
+        self.server.id()
+    }
+
+    /// (current RSS, peak RSS) of scriptd in KiB.
+    fn rss(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+
+    async fn sql(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.db_conn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn post(&self, path: &str, body: &'static str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth("bench")
+            .header("x-tenant-id", TENANT)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start(args: &Args, dir: &std::path::Path) -> Result<Env> {
+    eprintln!("starting PostgreSQL (fsync on) in {}", dir.display());
+    let opts = EmbeddedOptions::new(dir.join("pg"));
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
+    scriptd::embedded::ensure_database(&pg, "bench").await?;
+    let db_conn = pg.connection_string("bench");
+    let socket_dir = db_conn
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .unwrap_or_default()
+        .to_string();
+    let port = free_port()?;
+    eprintln!("starting {} on port {port}", args.scriptd.display());
+    let server = Command::new(&args.scriptd)
+        .args(["serve", "--port", &port.to_string()])
+        .env("DATABASE_URL", &db_conn)
+        .env("RUST_LOG", "warn")
+        .env("SCRIPTD__RATE_LIMIT__ENABLED", "false")
+        .env("SCRIPTD__OUTBOX__DEV_DELAY_MIN_MS", "0")
+        .env("SCRIPTD__OUTBOX__DEV_DELAY_MAX_MS", "0")
+        .env("SCRIPTD__EVENTS__SESSION_BUFFER", "256")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting scriptd (build it with cargo build --release)")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let env = Env {
+        _pg: pg,
+        socket_dir,
+        db_conn,
+        server,
+        base: format!("http://127.0.0.1:{port}"),
+        http,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = env.http.get(env.url("/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("scriptd did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(env)
+}
+
+async fn load_data(env: &Env, deep_rows: usize) -> Result<()> {
+    eprintln!("loading data: {SCRIPTS} scripts, {RUNS} runs, audit rows 1,000 and {deep_rows}");
+    let db = env.sql().await?;
+    db.batch_execute(&format!(
+        "INSERT INTO scripts (id, tenant_id, name, slug, status, latest_version, revision, created_by_id, updated_by_id, created_at, updated_at)
+           SELECT ('00000000-0000-7000-8000-' || lpad(n::text, 12, '0'))::uuid, '{TENANT}', 'Bench ' || n, 'bench-' || n,
+                  'DRAFT', 0, 1, 'bench', 'bench', now(), now() FROM generate_series(0, {last}) n;
+         INSERT INTO script_versions (id, script_id, tenant_id, version, graph_json, is_published, created_by_id, created_at)
+           SELECT ('00000000-0000-7000-a000-' || lpad(n::text, 12, '0'))::uuid, ('00000000-0000-7000-8000-' || lpad(n::text, 12, '0'))::uuid,
+                  '{TENANT}', 1, '{GRAPH}', true, 'bench', now() FROM generate_series(0, {last}) n;
+         UPDATE scripts SET latest_version = 1, status = 'PUBLISHED',
+                active_version_id = ('00000000-0000-7000-a000-' || substr(id::text, 25))::uuid WHERE tenant_id = '{TENANT}';
+         INSERT INTO script_runs (id, tenant_id, script_id, version, status, started_at)
+           SELECT ('00000000-0000-7000-9000-' || lpad(n::text, 12, '0'))::uuid, '{TENANT}', '{hot}', 1, 'RUNNING', now()
+           FROM generate_series(0, {runs}) n;
+         INSERT INTO script_audit_logs (id, script_id, tenant_id, action, version, actor_id, created_at)
+           SELECT gen_random_uuid(), '{shallow}', '{TENANT}', 'UPDATE', 1, 'bench', now() - n * interval '1 millisecond'
+           FROM generate_series(1, 1000) n;
+         INSERT INTO script_audit_logs (id, script_id, tenant_id, action, version, actor_id, created_at)
+           SELECT gen_random_uuid(), '{deep}', '{TENANT}', 'UPDATE', 1, 'bench', now() - n * interval '1 millisecond'
+           FROM generate_series(1, {deep_rows}) n;
+         ANALYZE;",
+        last = SCRIPTS - 1,
+        runs = RUNS - 1,
+        hot = script_id(0),
+        shallow = script_id(SHALLOW),
+        deep = script_id(DEEP),
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Latencies and throughput of one measured window.
+struct Measured {
+    count: u64,
+    errors: u64,
+    secs: f64,
+    hist: Histogram<u64>,
+}
+
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.count as f64 / self.secs
+    }
+    fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Runs `conc` closed-loop workers; records what completes after the warm-up.
+async fn closed_loop<F, Fut>(conc: usize, warmup: Duration, dur: Duration, op: F) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + dur;
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let op = op.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut i = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let ok = op(w, i).await;
+                i += 1;
+                let t1 = Instant::now();
+                if t0 >= measure_from && t1 <= end {
+                    if ok {
+                        let _ = hist.record((t1 - t0).as_micros().max(1) as u64);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = hist.add(h);
+        }
+    }
+    Measured {
+        count: hist.len(),
+        errors: errors.load(Ordering::Relaxed),
+        secs: dur.as_secs_f64(),
+        hist,
+    }
+}
+
+/// Runs a pgbench script on the same PostgreSQL; returns its tps.
+fn pgbench(env: &Env, args: &Args, name: &str, script: &str) -> Result<f64> {
+    let path = std::env::temp_dir().join(format!("scriptd-bench-{name}.sql"));
+    std::fs::File::create(&path)?.write_all(script.as_bytes())?;
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &args.connections.to_string(),
+            "-j",
+            "2",
+        ])
+        .args([
+            "-T",
+            &args.duration.to_string(),
+            "-h",
+            &env.socket_dir,
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+        ])
+        .arg("-f")
+        .arg(&path)
+        .arg("bench")
+        .output()
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok());
+    match tps {
+        Some(t) => Ok(t),
+        None => bail!(
+            "pgbench {name} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[derive(Default)]
+struct Row {
+    scenario: String,
+    rps: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    pgbench: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    note: String,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        Some(self.rps? / self.pgbench?)
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+async fn http_scenario<F, Fut>(
+    env: &Env,
+    args: &Args,
+    name: &str,
+    op: F,
+    pg_script: Option<String>,
+) -> Result<Row>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    eprintln!(
+        "{name}: scriptd, {} connections, {}s + {}s warm-up",
+        args.connections, args.duration, args.warmup
+    );
+    env.reset_peak();
+    let m = closed_loop(
+        args.connections,
+        Duration::from_secs(args.warmup),
+        Duration::from_secs(args.duration),
+        op,
+    )
+    .await;
+    let (_, peak) = env.rss();
+    let pg = match pg_script {
+        Some(script) => {
+            eprintln!("{name}: pgbench");
+            Some(pgbench(env, args, name, &script)?)
+        }
+        None => None,
+    };
+    Ok(Row {
+        scenario: name.into(),
+        rps: Some(m.rps()),
+        p50: Some(m.ms(0.5)),
+        p99: Some(m.ms(0.99)),
+        pgbench: pg,
+        peak_rss_kib: Some(peak),
+        note: if m.errors > 0 {
+            format!("{} errors", m.errors)
+        } else {
+            String::new()
+        },
+    })
+}
+
+fn version_sql(id_expr: &str, pre: &str) -> String {
+    format!(
+        "{pre}BEGIN;
+UPDATE scripts SET latest_version = latest_version + 1, revision = revision + 1, updated_by_id = 'pgbench', updated_at = now() WHERE id = {id_expr} RETURNING latest_version AS v \\gset
+INSERT INTO script_versions (id, script_id, tenant_id, version, graph_json, created_by_id, created_at) VALUES (gen_random_uuid(), {id_expr}, '{TENANT}', :v, '{GRAPH}', 'pgbench', now());
+INSERT INTO script_audit_logs (id, script_id, tenant_id, action, version, actor_id, created_at) VALUES (gen_random_uuid(), {id_expr}, '{TENANT}', 'CREATE', :v, 'pgbench', now());
+END;
+"
+    )
+}
+
+async fn version_hot(env: &Env, args: &Args) -> Result<Row> {
+    let http = env.clone_http();
+    let path = format!("/scripts/{}/versions", script_id(0));
+    let op = move |_, _| {
+        let req = http.post(&path);
+        async move { req.send().await.is_ok_and(|r| r.status() == 201) }
+    };
+    http_scenario(
+        env,
+        args,
+        "version-hot",
+        op,
+        Some(version_sql(&format!("'{}'", script_id(0)), "")),
+    )
+    .await
+}
+
+async fn version_spread(env: &Env, args: &Args) -> Result<Row> {
+    let http = env.clone_http();
+    let op = move |w: usize, i: u64| {
+        let mut rng = Rng(((w as u64) << 32 | i) * 2654435761 + 1);
+        let path = format!("/scripts/{}/versions", script_id(rng.below(SCRIPTS - 2)));
+        let req = http.post(&path);
+        async move { req.send().await.is_ok_and(|r| r.status() == 201) }
+    };
+    let id = "('00000000-0000-7000-8000-' || lpad(:n::text, 12, '0'))::uuid";
+    let pre = format!("\\set n random(0, {})\n", SCRIPTS - 3);
+    http_scenario(env, args, "version-spread", op, Some(version_sql(id, &pre))).await
+}
+
+async fn vars(env: &Env, args: &Args) -> Result<Row> {
+    let http = env.clone_http();
+    let op = move |w: usize, i: u64| {
+        let mut rng = Rng(((w as u64) << 32 | i) * 2654435761 + 7);
+        let path = format!("/runs/{}/vars", run_id(w % RUNS));
+        let body = format!(r#"[{{"key":"k{}","numVal":{i}}}]"#, rng.below(KEYS));
+        let req = http.post_owned(&path, body);
+        async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+    };
+    let script = format!(
+        "\\set r random(0, {})
+\\set k random(0, {})
+INSERT INTO run_variables (run_id, key, num_val, updated_at) VALUES (('00000000-0000-7000-9000-' || lpad(:r::text, 12, '0'))::uuid, 'k' || :k, :k, now()) ON CONFLICT (run_id, key) DO UPDATE SET str_val = NULL, num_val = EXCLUDED.num_val, bool_val = NULL, json_val = NULL, updated_at = EXCLUDED.updated_at;
+",
+        RUNS - 1,
+        KEYS - 1
+    );
+    http_scenario(env, args, "vars", op, Some(script)).await
+}
+
+async fn read(env: &Env, args: &Args) -> Result<Row> {
+    let http = env.clone_http();
+    let path = format!("/scripts/{}", script_id(1));
+    let op = move |_, _| {
+        let req = http.get(&path);
+        async move {
+            match req.send().await {
+                Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    };
+    let script = format!(
+        "SELECT id, tenant_id, name, slug, description, status, active_version_id, latest_version, revision, labels, intents, language_codes, embedding_key, created_by_id, updated_by_id, created_at, updated_at FROM scripts WHERE id = '{}' AND tenant_id = '{TENANT}';
+SELECT v.id, v.script_id, v.version, v.graph_json, v.variables_def, v.changelog, v.is_published, v.created_by_id, v.created_at FROM script_versions v WHERE v.id = '{}';
+",
+        script_id(1),
+        version_id(1)
+    );
+    http_scenario(env, args, "read", op, Some(script)).await
+}
+
+/// POST /commands at a fixed rate; the time until an SSE client receives each completion.
+async fn command_to_event(env: &Env, args: &Args) -> Result<Row> {
+    eprintln!("command-to-event: 200 commands/s for {}s", args.duration);
+    let tenant = "bench-cmd";
+    let res = env
+        .http
+        .get(env.url(&format!("/events/stream?tenantId={tenant}")))
+        .bearer_auth("bench")
+        .send()
+        .await?;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Histogram<u64>>> =
+        Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?));
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let sent = sent.clone();
+        let latencies = latencies.clone();
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut body = res.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                let now = Instant::now();
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                    if let Some(cid) = v["correlationId"].as_str() {
+                        if let Some(t0) = sent.lock().expect("lock").remove(cid) {
+                            let _ = latencies
+                                .lock()
+                                .expect("lock")
+                                .record((now - t0).as_micros().max(1) as u64);
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let total = 200 * args.duration;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut posts = Vec::new();
+    env.reset_peak();
+    for _ in 0..total {
+        tick.tick().await;
+        let cid = uuid::Uuid::now_v7().to_string();
+        let body = json!({ "command": "Contacts.UpsertAndLink.v1", "correlationId": cid, "actor": { "userId": "u" } }).to_string();
+        let req = env
+            .http
+            .post(env.url("/commands"))
+            .bearer_auth("bench")
+            .header("x-tenant-id", tenant)
+            .header("content-type", "application/json")
+            .body(body);
+        sent.lock().expect("lock").insert(cid, Instant::now());
+        posts.push(tokio::spawn(async move {
+            req.send().await.is_ok_and(|r| r.status() == 202)
+        }));
+    }
+    let mut failed = 0;
+    for p in posts {
+        if !p.await.unwrap_or(false) {
+            failed += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < total - failed && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    let (_, peak) = env.rss();
+    let h = latencies.lock().expect("lock").clone();
+    let got = received.load(Ordering::Relaxed);
+    Ok(Row {
+        scenario: "command-to-event".into(),
+        rps: Some(got as f64 / args.duration as f64),
+        p50: Some(h.value_at_quantile(0.5) as f64 / 1000.0),
+        p99: Some(h.value_at_quantile(0.99) as f64 / 1000.0),
+        pgbench: None,
+        peak_rss_kib: Some(peak),
+        note: format!("{got}/{total} completions received; {failed} posts failed"),
+    })
+}
+
+/// Opens one SSE session over a raw socket; returns a task that resolves with
+/// the instant the first `Bench.Fanout.v1` arrives.
+async fn sse_session(addr: &str) -> Result<tokio::task::JoinHandle<Option<Instant>>> {
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET /events/stream?tenantId=bench-fan&access_token=bench HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).await?;
+    let mut buf = vec![0u8; 2048];
+    let n = sock.read(&mut buf).await?;
+    if !String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200") {
+        bail!(
+            "SSE session refused: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => {
+                    if String::from_utf8_lossy(&buf[..n]).contains("Bench.Fanout.v1") {
+                        return Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }))
+}
+
+async fn sse_fanout(env: &Env, args: &Args) -> Result<Row> {
+    eprintln!("sse-fanout: opening {} sessions", args.sessions);
+    let addr = env.base.trim_start_matches("http://").to_string();
+    let (before, _) = env.rss();
+    let mut sessions = Vec::with_capacity(args.sessions);
+    for chunk in (0..args.sessions).collect::<Vec<_>>().chunks(200) {
+        let opened = futures::future::join_all(chunk.iter().map(|_| sse_session(&addr))).await;
+        for s in opened {
+            sessions.push(s?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (with_sessions, _) = env.rss();
+    let per_session = (with_sessions.saturating_sub(before)) as f64 * 1024.0 / args.sessions as f64;
+    eprintln!("sse-fanout: publishing one event");
+    let db = env.sql().await?;
+    let t0 = Instant::now();
+    db.batch_execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({});
+         INSERT INTO events (tenant_id, name, correlation_id, success, payload, occurred_at)
+           VALUES ('bench-fan', 'Bench.Fanout.v1', NULL, true, '{{}}', now());
+         SELECT pg_notify('{}', currval('events_id_seq')::text); COMMIT;",
+        actors::store::events::APPEND_LOCK,
+        actors::store::events::EVENTS_CHANNEL
+    ))
+    .await?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut missed = 0;
+    for s in sessions {
+        match tokio::time::timeout(Duration::from_secs(30), s).await {
+            Ok(Ok(Some(t))) => {
+                let _ = hist.record((t - t0).as_micros().max(1) as u64);
+            }
+            _ => missed += 1,
+        }
+    }
+    Ok(Row {
+        scenario: "sse-fanout".into(),
+        rps: None,
+        p50: Some(hist.value_at_quantile(0.5) as f64 / 1000.0),
+        p99: Some(hist.value_at_quantile(0.99) as f64 / 1000.0),
+        pgbench: None,
+        peak_rss_kib: Some(with_sessions),
+        note: format!(
+            "{} sessions, max {:.1} ms, {missed} missed, {:.1} KiB RSS per session",
+            args.sessions,
+            hist.max() as f64 / 1000.0,
+            per_session / 1024.0
+        ),
+    })
+}
+
+async fn audit_depth(env: &Env, args: &Args) -> Result<Row> {
+    eprintln!(
+        "audit-depth: first page of 50 on 1,000 and {} rows",
+        args.deep_rows
+    );
+    let mut p50 = Vec::new();
+    for n in [SHALLOW, DEEP] {
+        let path = format!("/scripts/{}/audit?limit=50", script_id(n));
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for i in 0..300 {
+            let t0 = Instant::now();
+            let res = env
+                .http
+                .get(env.url(&path))
+                .bearer_auth("bench")
+                .header("x-tenant-id", TENANT)
+                .send()
+                .await?;
+            let _ = res.bytes().await?;
+            if i >= 50 {
+                let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+            }
+        }
+        p50.push(hist.value_at_quantile(0.5) as f64 / 1000.0);
+    }
+    Ok(Row {
+        scenario: "audit-depth".into(),
+        p50: Some(p50[1]),
+        note: format!(
+            "p50 {:.2} ms at 1,000 rows, {:.2} ms at {} rows: ratio {:.2}",
+            p50[0],
+            p50[1],
+            args.deep_rows,
+            p50[1] / p50[0]
+        ),
+        ..Row::default()
+    })
+}
+
+/// A request builder that owns what it needs.
+#[derive(Clone)]
+struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.post_owned(path, format!(r#"{{"graphJson":{GRAPH}}}"#))
+    }
+    fn post_owned(&self, path: &str, body: String) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth("bench")
+            .header("x-tenant-id", TENANT)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth("bench")
+            .header("x-tenant-id", TENANT)
+    }
+}
+
+impl Env {
+    fn clone_http(&self) -> Http {
+        Http {
+            client: self.http.clone(),
+            base: self.base.clone(),
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let wanted: Option<Vec<String>> = args
+        .only
+        .as_ref()
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let want = |name: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == name));
+    let dir = std::env::temp_dir().join(format!("scriptd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let env = start(&args, &dir).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle_rss, _) = env.rss();
+    load_data(&env, args.deep_rows).await?;
+    let _ = env.post("/healthz", "").send().await;
+
+    let mut rows = Vec::new();
+    if want("version-hot") {
+        rows.push(version_hot(&env, &args).await?);
+    }
+    if want("version-spread") {
+        rows.push(version_spread(&env, &args).await?);
+    }
+    if want("vars") {
+        rows.push(vars(&env, &args).await?);
+    }
+    if want("read") {
+        rows.push(read(&env, &args).await?);
+    }
+    if want("command-to-event") {
+        rows.push(command_to_event(&env, &args).await?);
+    }
+    if want("audit-depth") {
+        rows.push(audit_depth(&env, &args).await?);
+    }
+    if want("sse-fanout") {
+        rows.push(sse_fanout(&env, &args).await?);
+    }
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "\nscriptd-bench {} — {} cores ({cpu}), {}s per scenario after {}s warm-up, {} connections\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        args.duration,
+        args.warmup,
+        args.connections
+    );
+    println!("| scenario | scriptd req/s | p50 ms | p99 ms | pgbench tps | ratio | scriptd peak RSS MiB | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            fmt_opt(r.rps, 0),
+            fmt_opt(r.p50, 2),
+            fmt_opt(r.p99, 2),
+            fmt_opt(r.pgbench, 0),
+            fmt_opt(r.ratio(), 2),
+            fmt_opt(r.peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
+            r.note
+        );
+    }
+    println!("\nscriptd idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
+    drop(env);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
