@@ -53,20 +53,64 @@ impl Caller {
     }
 }
 
+/// The claims scriptd reads from a JWT.
+#[derive(Debug, serde::Deserialize)]
+struct Claims {
+    sub: String,
+    /// A tenant id or a list of them.
+    #[serde(default)]
+    tenant: Option<OneOrMany>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// Verifies bearer tokens according to `[auth]`.
 pub struct Authenticator {
     mode: AuthMode,
     admin_token: SecretString,
+    jwt: Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
 }
 
 impl Authenticator {
     pub fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
-        if settings.mode == AuthMode::Jwt {
-            anyhow::bail!("auth.mode = \"jwt\" is not available in this build yet");
-        }
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let jwt = match settings.mode {
+            AuthMode::Dev => None,
+            AuthMode::Jwt => {
+                let file = &settings.jwt_public_key_file;
+                let secret = settings.jwt_secret.expose_secret();
+                let (key, alg) = if !file.as_os_str().is_empty() {
+                    let pem = std::fs::read(file).map_err(|e| {
+                        anyhow::anyhow!("reading auth.jwt_public_key_file {}: {e}", file.display())
+                    })?;
+                    (DecodingKey::from_rsa_pem(&pem)?, Algorithm::RS256)
+                } else if !secret.is_empty() {
+                    (
+                        DecodingKey::from_secret(secret.as_bytes())?,
+                        Algorithm::HS256,
+                    )
+                } else {
+                    anyhow::bail!("auth.mode is \"jwt\": set auth.jwt_secret (HS256) or auth.jwt_public_key_file (RS256)");
+                };
+                let mut validation = Validation::new(alg);
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.leeway = 5;
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                Some((key, validation))
+            }
+        };
         Ok(Authenticator {
             mode: settings.mode,
             admin_token: settings.admin_token.clone(),
+            jwt,
         })
     }
 
@@ -75,9 +119,25 @@ impl Authenticator {
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
-        match self.mode {
-            AuthMode::Dev => Ok(self.dev_caller(token)),
-            AuthMode::Jwt => Err(ApiError::unauthorized("jwt mode is not available")),
+        match &self.jwt {
+            None => Ok(self.dev_caller(token)),
+            Some((key, validation)) => {
+                let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+                    ApiError::unauthorized(format!("the token does not verify: {e}"))
+                })?;
+                let c = data.claims;
+                let tenants = match c.tenant {
+                    None => TenantScope::Only(Vec::new()),
+                    Some(OneOrMany::One(t)) => TenantScope::Only(vec![t]),
+                    Some(OneOrMany::Many(ts)) => TenantScope::Only(ts),
+                };
+                Ok(Caller {
+                    actor_id: ActorId::new(c.sub),
+                    admin: c.roles.iter().any(|r| r == "admin"),
+                    tenants,
+                    token: SecretString::from(token.to_string()),
+                })
+            }
         }
     }
 
@@ -153,6 +213,7 @@ mod tests {
         Authenticator {
             mode: AuthMode::Dev,
             admin_token: SecretString::from("dev-admin".to_string()),
+            jwt: None,
         }
     }
 

@@ -15,6 +15,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::error::{code_for_status, ApiError, ErrorBody, ShapedError};
+use crate::state::AppState;
 
 pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("correlation-id");
 
@@ -64,14 +65,16 @@ pub async fn request_context(
         target = %target,
         correlation_id = %correlation_id,
     );
-    let log = |status: u16| {
-        span.in_scope(|| {
-            tracing::info!(
-                status,
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "request finished"
-            )
-        })
+    let state = req.app_data::<actix_web::web::Data<AppState>>().cloned();
+    let method = req.method().to_string();
+    let log = |status: u16, route: Option<&str>| {
+        let secs = started.elapsed().as_secs_f64();
+        if let Some(state) = &state {
+            state
+                .metrics
+                .observe(route.unwrap_or("unmatched"), &method, status, secs);
+        }
+        span.in_scope(|| tracing::info!(status, latency_ms = secs * 1000.0, "request finished"))
     };
 
     if invalid {
@@ -80,7 +83,7 @@ pub async fn request_context(
             "must be 1..128 characters of [A-Za-z0-9._:-]",
         )
         .with_correlation_id(&correlation_id);
-        log(400);
+        log(400, None);
         return Ok(req.into_response(err.error_response()));
     }
     req.extensions_mut()
@@ -101,7 +104,10 @@ pub async fn request_context(
             if let Ok(v) = HeaderValue::from_str(&correlation_id) {
                 res.headers_mut().insert(CORRELATION_HEADER, v);
             }
-            log(res.status().as_u16());
+            log(
+                res.status().as_u16(),
+                res.request().match_pattern().as_deref(),
+            );
             Ok(res)
         }
         // Errors of inner middleware (e.g. CORS) that did not become a response.
@@ -109,7 +115,7 @@ pub async fn request_context(
             let status = err.as_response_error().status_code();
             let err = ApiError::new(code_for_status(status), err.to_string())
                 .with_correlation_id(&correlation_id);
-            log(status.as_u16());
+            log(status.as_u16(), None);
             Err(err.into())
         }
         Err(panic) => {
@@ -122,7 +128,7 @@ pub async fn request_context(
                 ApiError::internal(anyhow::anyhow!("handler panicked: {what}"))
                     .with_correlation_id(&correlation_id)
             });
-            log(500);
+            log(500, None);
             Err(err.into())
         }
     }

@@ -84,7 +84,8 @@ pub struct OutboxSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IdempotencySettings {
-    pub ttl_hours: u64,
+    /// Hours; fractions allowed (tests use seconds).
+    pub ttl_hours: f64,
     pub inflight_lease_secs: u64,
 }
 

@@ -15,6 +15,7 @@ use actors::events::hub::HubStats;
 use actors::events::{EventAppender, EventHub, EventPublisher};
 use actors::listener;
 use actors::outbox::{DevDispatcher, Dispatcher, Outbox, OutboxActor, OutboxConfig};
+use actors::registry::ActorMeta;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use utoipa_actix_web::AppExt;
@@ -22,8 +23,10 @@ use utoipa_actix_web::AppExt;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::extract;
+use crate::metrics::Metrics;
 use crate::middleware::request_context;
 use crate::openapi::OpenApiJson;
+use crate::ratelimit::{rate_limit, RateLimits};
 use crate::settings::{AuthMode, Settings};
 use crate::state::{AppState, State};
 
@@ -99,11 +102,13 @@ impl Application {
             Duration::from_secs(settings.actors.idle_secs),
         );
         let hub_stats = Arc::new(HubStats::default());
+        let hub_meta = ActorMeta::singleton();
         let hub = EventHub::new(
             pool.clone(),
             settings.events.session_buffer,
             settings.events.retention_hours,
             hub_stats.clone(),
+            hub_meta.clone(),
         )
         .start();
         let outbox = dispatcher.map(|d| {
@@ -119,17 +124,26 @@ impl Application {
                 },
             )
         });
-        let outbox_actor = outbox
+        let outbox_meta = outbox
             .as_ref()
             .filter(|_| settings.outbox.autorun)
-            .map(|o| OutboxActor::new(o.clone()).start());
+            .map(|_| ActorMeta::singleton());
+        let outbox_actor = outbox
+            .as_ref()
+            .zip(outbox_meta.as_ref())
+            .map(|(o, m)| OutboxActor::new(o.clone(), m.clone()).start());
         actix_web::rt::spawn(listener::run(
             url.to_string(),
             listener::Targets {
                 hub: hub.clone().recipient(),
-                outbox: outbox_actor.map(|a| a.recipient()),
+                hub_meta: hub_meta.clone(),
+                outbox: outbox_actor
+                    .zip(outbox_meta.clone())
+                    .map(|(a, m)| (a.recipient(), m)),
             },
         ));
+        let rate_limits = RateLimits::new(&settings.rate_limit);
+        let metrics = Metrics::new()?;
         let publisher = EventPublisher::new(EventAppender::start(pool.clone()));
         let runs = actors::runs::Runs::new(
             pool.clone(),
@@ -147,6 +161,10 @@ impl Application {
             hub_stats,
             outbox,
             publisher,
+            hub_meta,
+            outbox_meta,
+            rate_limits,
+            metrics,
             accepting: AtomicBool::new(true),
         });
         let doc = crate::openapi::document();
@@ -177,7 +195,8 @@ impl Application {
                 .configure(crate::routes::configure)
                 .default_service(web::to(not_found))
                 .map(|app| {
-                    app.wrap(Condition::new(!origins.is_empty(), cors))
+                    app.wrap(from_fn(rate_limit))
+                        .wrap(Condition::new(!origins.is_empty(), cors))
                         .wrap(from_fn(request_context))
                 })
                 .into_app()
@@ -187,6 +206,7 @@ impl Application {
         .shutdown_timeout(shutdown_timeout)
         .run();
 
+        spawn_housekeeping(state.clone());
         tracing::info!(
             port,
             "scriptd listening on http://{}:{port}",
@@ -329,6 +349,24 @@ async fn not_found(
             format!("no route for {} {}", req.method(), req.path()),
         )),
     }
+}
+
+/// Every minute: forget idle rate-limit keys, purge expired idempotency keys.
+fn spawn_housekeeping(state: State) {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Some(limits) = &state.rate_limits {
+                limits.housekeeping();
+            }
+            match actors::idempotency::purge(&state.pool).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
+                Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+            }
+        }
+    });
 }
 
 /// `scriptd migrate`: apply the pending migrations and return.

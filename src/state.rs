@@ -21,6 +21,10 @@ pub struct AppState {
     /// The outbox (None without a dispatcher); `poll_once` for tests.
     pub outbox: Option<actors::outbox::Outbox>,
     pub publisher: actors::events::EventPublisher,
+    pub hub_meta: std::sync::Arc<actors::registry::ActorMeta>,
+    pub outbox_meta: Option<std::sync::Arc<actors::registry::ActorMeta>>,
+    pub rate_limits: Option<crate::ratelimit::RateLimits>,
+    pub metrics: crate::metrics::Metrics,
     /// False from the moment shutdown begins: `/readyz` answers 503 at once.
     pub accepting: AtomicBool,
 }

@@ -4,6 +4,7 @@
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod idempotency;
 pub mod listener;
 pub mod outbox;
 pub mod pagination;

@@ -2,6 +2,7 @@
 //! on NOTIFY, and reconnects with backoff (waking both after a reconnect, in
 //! case a notification was missed while it was down).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Recipient;
@@ -10,11 +11,27 @@ use tokio_postgres::AsyncMessage;
 
 use crate::events::hub::Wake;
 use crate::outbox::actor::Poke;
+use crate::registry::ActorMeta;
 use crate::store::{commands::OUTBOX_CHANNEL, events::EVENTS_CHANNEL};
 
 pub struct Targets {
     pub hub: Recipient<Wake>,
-    pub outbox: Option<Recipient<Poke>>,
+    pub hub_meta: Arc<ActorMeta>,
+    pub outbox: Option<(Recipient<Poke>, Arc<ActorMeta>)>,
+}
+
+impl Targets {
+    fn wake_hub(&self) {
+        self.hub_meta.enqueued();
+        self.hub.do_send(Wake);
+    }
+
+    fn poke_outbox(&self) {
+        if let Some((o, meta)) = &self.outbox {
+            meta.enqueued();
+            o.do_send(Poke);
+        }
+    }
 }
 
 /// Runs until the process ends.
@@ -59,19 +76,13 @@ async fn listen_once(url: &str, targets: &Targets) -> anyhow::Result<()> {
     client.batch_execute(&listen).await?;
     tracing::info!("listening for notifications");
     // Anything that happened while we were not listening.
-    targets.hub.do_send(Wake);
-    if let Some(o) = &targets.outbox {
-        o.do_send(Poke);
-    }
+    targets.wake_hub();
+    targets.poke_outbox();
     while let Some(channel) = rx.recv().await {
         if channel == EVENTS_CHANNEL {
-            targets.hub.do_send(Wake);
-        } else if let Some(o) = targets
-            .outbox
-            .as_ref()
-            .filter(|_| channel == OUTBOX_CHANNEL)
-        {
-            o.do_send(Poke);
+            targets.wake_hub();
+        } else if channel == OUTBOX_CHANNEL {
+            targets.poke_outbox();
         }
     }
     driver.abort();

@@ -33,6 +33,16 @@ impl ActorMeta {
         }
     }
 
+    /// The meta of a one-per-process actor (outbox, event hub).
+    pub fn singleton() -> Arc<Self> {
+        Arc::new(ActorMeta::new(Uuid::nil(), 0))
+    }
+
+    /// A message is on its way to the actor.
+    pub fn enqueued(&self) {
+        self.mailbox.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn set_tenant(&self, tenant: &str) {
         let _ = self.tenant.set(tenant.to_string());
     }
@@ -179,7 +189,7 @@ impl<A: Actor> Registry<A> {
         A::Context: ToEnvelope<A, M>,
     {
         let (addr, meta) = self.get_or_start(key, start);
-        meta.mailbox.fetch_add(1, Ordering::Relaxed);
+        meta.enqueued();
         let res = addr.send(msg).await;
         if res.is_err() {
             meta.mailbox.fetch_sub(1, Ordering::Relaxed);

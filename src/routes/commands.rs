@@ -2,11 +2,14 @@
 
 use std::sync::LazyLock;
 
-use actix_web::http::header;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use actors::domain::ts;
+use actors::idempotency::Recorded;
 use actors::outbox::model::{CommandStatus, NewCommand};
+use actors::outbox::Accepted;
 use actors::store::commands as sql;
+use actors::ErrorCode;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,6 +19,8 @@ use validator::{Validate, ValidationError};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{path_uuid, JsonBody, RequestBody};
+use crate::idempotency::{self as idem, Begun};
+use crate::settings::AuthMode;
 use crate::settings::LimitsSettings;
 use crate::state::State;
 use crate::tenant::Ctx;
@@ -125,38 +130,59 @@ pub struct CommandView {
 pub async fn post_command(
     ctx: Ctx,
     state: State,
+    req: HttpRequest,
     body: JsonBody<CommandRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = ctx.tenant(None)?;
-    body.validate().map_err(to_api)?;
-    let b = body.value;
-    let correlation_id = match b.correlation_id.as_deref() {
-        Some(c) => {
-            Uuid::parse_str(c).map_err(|_| ApiError::field("correlationId", "must be a UUID"))?
+    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+        Begun::Respond(res) => return Ok(res),
+        Begun::Proceed(claim) => claim,
+    };
+    let result = async {
+        body.validate().map_err(to_api)?;
+        let b = body.value;
+        if state.auth.mode() == AuthMode::Jwt && b.actor.user_id != ctx.caller.actor_id.as_str() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "actor.userId must be the token's subject",
+            ));
         }
-        None => Uuid::now_v7(),
-    };
-    let command = NewCommand {
-        tenant_id: tenant.to_string(),
-        command: b.command,
-        correlation_id,
-        actor_user_id: b.actor.user_id,
-        created_by_id: ctx.caller.actor_id.to_string(),
-        context: b
-            .context
-            .unwrap_or_else(|| Value::Object(Default::default())),
-        payload: b
-            .payload
-            .unwrap_or_else(|| Value::Object(Default::default())),
-    };
-    let command_id = actors::outbox::accept(&state.pool, &command).await?;
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/commands/{correlation_id}")))
-        .json(CommandAccepted {
+        let correlation_id = match b.correlation_id.as_deref() {
+            Some(c) => Uuid::parse_str(c)
+                .map_err(|_| ApiError::field("correlationId", "must be a UUID"))?,
+            None => Uuid::now_v7(),
+        };
+        let command = NewCommand {
+            tenant_id: tenant.to_string(),
+            command: b.command,
             correlation_id,
-            command_id,
+            actor_user_id: b.actor.user_id,
+            created_by_id: ctx.caller.actor_id.to_string(),
+            context: b
+                .context
+                .unwrap_or_else(|| Value::Object(Default::default())),
+            payload: b
+                .payload
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        };
+        let completion = idem::completion(&claim, render_accepted);
+        let accepted = actors::outbox::accept(&state.pool, &command, completion.as_ref()).await?;
+        Ok(idem::to_response(&render_accepted(&accepted)))
+    }
+    .await;
+    idem::finish(&state, claim, result).await
+}
+
+fn render_accepted(a: &Accepted) -> Recorded {
+    idem::recorded_json(
+        StatusCode::ACCEPTED,
+        vec![("location", format!("/commands/{}", a.correlation_id))],
+        &CommandAccepted {
+            correlation_id: a.correlation_id,
+            command_id: a.command_id,
             status: CommandStatus::Pending,
-        }))
+        },
+    )
 }
 
 /// A command's status, attempts and result.

@@ -2,6 +2,7 @@
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
+pub mod admin;
 pub mod commands;
 pub mod events;
 pub mod health;
@@ -28,5 +29,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::upsert_vars)
         .service(runs::finish_run)
         .service(runs::list_runs)
-        .service(runs::get_run);
+        .service(runs::get_run)
+        .service(admin::list_actors)
+        .service(admin::metrics);
 }

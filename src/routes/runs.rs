@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
-use actix_web::http::header;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actors::idempotency::Recorded;
 use actors::pagination::Key;
 use actors::runs::model::{NewRun, Run, RunStatus, RunVariable, VarUpsert, VarValue};
 use actors::store::runs as sql;
@@ -16,6 +17,7 @@ use validator::Validate;
 
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::extract::{path_uuid, JsonBody, RequestBody};
+use crate::idempotency::{self as idem, Begun};
 use crate::page::{Page, PageRequest};
 use crate::settings::LimitsSettings;
 use crate::state::State;
@@ -223,30 +225,47 @@ fn parse_time(field: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, Api
 pub async fn start_run(
     ctx: Ctx,
     state: State,
+    req: HttpRequest,
     body: JsonBody<StartRunRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = ctx.tenant(body.tenant_id.as_deref())?;
-    body.validate().map_err(to_api)?;
-    let b = body.value;
-    let run = actors::runs::ops::start_run(
-        &state.pool,
-        &tenant,
-        &ctx.caller.actor_id,
-        NewRun {
-            script_id: b.script_id,
-            version: b.version,
-            started_by_id: b.started_by_id,
-            connector_type: b.connector_type,
-            connector_key: b.connector_key,
+    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+        Begun::Respond(res) => return Ok(res),
+        Begun::Proceed(claim) => claim,
+    };
+    let result = async {
+        body.validate().map_err(to_api)?;
+        let b = body.value;
+        let completion = idem::completion(&claim, render_started);
+        let run = actors::runs::ops::start_run(
+            &state.pool,
+            &tenant,
+            &ctx.caller.actor_id,
+            NewRun {
+                script_id: b.script_id,
+                version: b.version,
+                started_by_id: b.started_by_id,
+                connector_type: b.connector_type,
+                connector_key: b.connector_key,
+            },
+            completion.as_ref(),
+        )
+        .await?;
+        Ok(idem::to_response(&render_started(&run)))
+    }
+    .await;
+    idem::finish(&state, claim, result).await
+}
+
+fn render_started(run: &Run) -> Recorded {
+    idem::recorded_json(
+        StatusCode::CREATED,
+        vec![("location", format!("/runs/{}", run.id))],
+        &RunStarted {
+            run_id: run.id,
+            run: run.clone(),
         },
     )
-    .await?;
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/runs/{}", run.id)))
-        .json(RunStarted {
-            run_id: run.id,
-            run,
-        }))
 }
 
 /// Upsert run variables by key; acknowledged means committed.

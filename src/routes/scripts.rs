@@ -1,7 +1,8 @@
 //! Scripts, versions, publish/rollback and the audit trail.
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
+use actors::idempotency::Recorded;
 use actors::pagination::Key;
 use actors::scripts::model::{
     AuditEntry, NewScript, NewVersion, Script, ScriptPatch, ScriptStatus, ScriptView, Version,
@@ -16,6 +17,7 @@ use validator::Validate;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{path_uuid, path_version, JsonBody, RequestBody};
+use crate::idempotency::{self as idem, Begun};
 use crate::page::{Page, PageRequest};
 use crate::settings::LimitsSettings;
 use crate::state::State;
@@ -269,28 +271,64 @@ async fn script_of(state: &State, tenant: &str, id: uuid::Uuid) -> Result<Script
 pub async fn create_script(
     ctx: Ctx,
     state: State,
+    req: HttpRequest,
     body: JsonBody<CreateScriptRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = ctx.tenant(body.tenant_id.as_deref())?;
-    body.validate().map_err(to_api)?;
-    let b = body.value;
-    let new = NewScript {
-        name: b.name,
-        slug: b.slug,
-        description: b.description,
-        labels: b.labels.unwrap_or_default(),
-        intents: b.intents.unwrap_or_default(),
-        language_codes: b.language_codes.unwrap_or_default(),
-        embedding_key: b.embedding_key,
+    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+        Begun::Respond(res) => return Ok(res),
+        Begun::Proceed(claim) => claim,
     };
-    let script = ops::create_script(&state.pool, &tenant, &ctx.caller.actor_id, new).await?;
-    let res = HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/scripts/{}", script.id)))
-        .json(ScriptView {
-            script: script.clone(),
+    let result = async {
+        body.validate().map_err(to_api)?;
+        let b = body.value;
+        let new = NewScript {
+            name: b.name,
+            slug: b.slug,
+            description: b.description,
+            labels: b.labels.unwrap_or_default(),
+            intents: b.intents.unwrap_or_default(),
+            language_codes: b.language_codes.unwrap_or_default(),
+            embedding_key: b.embedding_key,
+        };
+        let completion = idem::completion(&claim, render_created_script);
+        let script = ops::create_script(
+            &state.pool,
+            &tenant,
+            &ctx.caller.actor_id,
+            new,
+            completion.as_ref(),
+        )
+        .await?;
+        Ok(idem::to_response(&render_created_script(&script)))
+    }
+    .await;
+    idem::finish(&state, claim, result).await
+}
+
+fn render_created_script(s: &Script) -> Recorded {
+    idem::recorded_json(
+        StatusCode::CREATED,
+        vec![
+            ("location", format!("/scripts/{}", s.id)),
+            ("etag", s.etag()),
+        ],
+        &ScriptView {
+            script: s.clone(),
             active_version: None,
-        });
-    Ok(with_etag(res, &script))
+        },
+    )
+}
+
+fn render_created_version(v: &Version) -> Recorded {
+    idem::recorded_json(
+        StatusCode::CREATED,
+        vec![(
+            "location",
+            format!("/scripts/{}/versions/{}", v.script_id, v.version),
+        )],
+        v,
+    )
 }
 
 /// List the tenant's scripts, newest first.
@@ -439,36 +477,41 @@ pub async fn patch_script(
 pub async fn create_version(
     ctx: Ctx,
     state: State,
+    req: HttpRequest,
     path: web::Path<String>,
     body: JsonBody<CreateVersionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;
     let tenant = ctx.tenant(None)?;
-    body.validate().map_err(to_api)?;
-    let b = body.value;
-    let version = state
-        .scripts
-        .create_version(
-            id,
-            VersionRequest {
-                tenant,
-                actor: ctx.caller.actor_id.clone(),
-                new: NewVersion {
-                    graph_json: b.graph_json,
-                    variables_def: b.variables_def,
-                    changelog: b.changelog,
-                    note: b.note,
-                    base_version: b.base_version,
+    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+        Begun::Respond(res) => return Ok(res),
+        Begun::Proceed(claim) => claim,
+    };
+    let result = async {
+        body.validate().map_err(to_api)?;
+        let b = body.value;
+        let version = state
+            .scripts
+            .create_version(
+                id,
+                VersionRequest {
+                    tenant,
+                    actor: ctx.caller.actor_id.clone(),
+                    new: NewVersion {
+                        graph_json: b.graph_json,
+                        variables_def: b.variables_def,
+                        changelog: b.changelog,
+                        note: b.note,
+                        base_version: b.base_version,
+                    },
+                    idem: idem::completion(&claim, render_created_version),
                 },
-            },
-        )
-        .await?;
-    Ok(HttpResponse::Created()
-        .insert_header((
-            header::LOCATION,
-            format!("/scripts/{id}/versions/{}", version.version),
-        ))
-        .json(version))
+            )
+            .await?;
+        Ok(idem::to_response(&render_created_version(&version)))
+    }
+    .await;
+    idem::finish(&state, claim, result).await
 }
 
 /// Publish a version (PUBLISH), or an older one (ROLLBACK); a no-op when already active.

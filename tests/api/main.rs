@@ -7,3 +7,4 @@ mod events;
 mod foundation;
 mod runs;
 mod scripts;
+mod security;

@@ -83,10 +83,17 @@ pub struct EventHub {
     fetching: bool,
     dirty: bool,
     pub stats: Arc<HubStats>,
+    meta: Arc<crate::registry::ActorMeta>,
 }
 
 impl EventHub {
-    pub fn new(pool: Pool, buffer: usize, retention_hours: u64, stats: Arc<HubStats>) -> Self {
+    pub fn new(
+        pool: Pool,
+        buffer: usize,
+        retention_hours: u64,
+        stats: Arc<HubStats>,
+        meta: Arc<crate::registry::ActorMeta>,
+    ) -> Self {
         EventHub {
             pool,
             buffer: buffer.max(1),
@@ -98,6 +105,7 @@ impl EventHub {
             fetching: false,
             dirty: false,
             stats,
+            meta,
         }
     }
 
@@ -236,6 +244,7 @@ impl Handler<Subscribe> for EventHub {
     type Result = MessageResult<Subscribe>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        self.meta.received();
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = mpsc::channel(self.buffer);
@@ -260,6 +269,7 @@ impl Handler<Unsubscribe> for EventHub {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        self.meta.received();
         self.remove(msg.0);
     }
 }
@@ -268,6 +278,7 @@ impl Handler<Wake> for EventHub {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.meta.received();
         self.fetch(ctx);
     }
 }
@@ -276,6 +287,7 @@ impl Handler<CloseAll> for EventHub {
     type Result = ();
 
     fn handle(&mut self, _: CloseAll, _: &mut Context<Self>) {
+        self.meta.received();
         self.sessions.clear();
         self.tenant_of.clear();
     }
@@ -285,6 +297,7 @@ impl Handler<SessionCounts> for EventHub {
     type Result = MessageResult<SessionCounts>;
 
     fn handle(&mut self, _: SessionCounts, _: &mut Context<Self>) -> Self::Result {
+        self.meta.received();
         MessageResult(
             self.sessions
                 .iter()
@@ -298,6 +311,7 @@ impl Handler<Purge> for EventHub {
     type Result = ResponseFuture<Result<u64>>;
 
     fn handle(&mut self, _: Purge, _: &mut Context<Self>) -> Self::Result {
+        self.meta.received();
         Box::pin(self.purge_future())
     }
 }

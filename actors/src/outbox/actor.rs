@@ -189,14 +189,16 @@ pub struct Poke;
 
 pub struct OutboxActor {
     outbox: Outbox,
+    meta: Arc<crate::registry::ActorMeta>,
     polling: bool,
     again: bool,
 }
 
 impl OutboxActor {
-    pub fn new(outbox: Outbox) -> Self {
+    pub fn new(outbox: Outbox, meta: Arc<crate::registry::ActorMeta>) -> Self {
         OutboxActor {
             outbox,
+            meta,
             polling: false,
             again: false,
         }
@@ -257,12 +259,24 @@ impl Handler<Poke> for OutboxActor {
     type Result = ();
 
     fn handle(&mut self, _: Poke, ctx: &mut Context<Self>) {
+        self.meta.received();
         self.poll(ctx);
     }
 }
 
+/// What `POST /commands` answers.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub command_id: uuid::Uuid,
+    pub correlation_id: uuid::Uuid,
+}
+
 /// `POST /commands`: persists a PENDING command (announced with NOTIFY).
-pub async fn accept(pool: &Pool, command: &crate::outbox::model::NewCommand) -> Result<uuid::Uuid> {
+pub async fn accept(
+    pool: &Pool,
+    command: &crate::outbox::model::NewCommand,
+    idem: Option<&crate::idempotency::Idem<Accepted>>,
+) -> Result<Accepted> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let id = match sql::insert(&tx, command, store::now_ms()).await {
@@ -281,8 +295,15 @@ pub async fn accept(pool: &Pool, command: &crate::outbox::model::NewCommand) -> 
         }
         Err(e) => return Err(e),
     };
+    let accepted = Accepted {
+        command_id: id,
+        correlation_id: command.correlation_id,
+    };
+    if let Some(idem) = idem {
+        idem.complete(&tx, &accepted).await?;
+    }
     tx.commit().await?;
-    Ok(id)
+    Ok(accepted)
 }
 
 #[cfg(test)]

@@ -4,5 +4,5 @@ pub mod actor;
 pub mod dispatcher;
 pub mod model;
 
-pub use actor::{accept, Outbox, OutboxActor, OutboxConfig};
+pub use actor::{accept, Accepted, Outbox, OutboxActor, OutboxConfig};
 pub use dispatcher::{DevDispatcher, Dispatcher};

@@ -29,6 +29,7 @@ pub async fn start_run(
     tenant: &TenantId,
     actor: &ActorId,
     new: NewRun,
+    idem: Option<&crate::idempotency::Idem<Run>>,
 ) -> Result<Run> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -81,6 +82,9 @@ pub async fn start_run(
         json!({ "runId": run.id, "scriptId": run.script_id, "version": run.version }),
     );
     events::append(&tx, &[started], now).await?;
+    if let Some(idem) = idem {
+        idem.complete(&tx, &run).await?;
+    }
     tx.commit().await?;
     Ok(run)
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::{ActorId, TenantId};
 use crate::error::{Error, ErrorCode, Result};
+use crate::idempotency::Idem;
 use crate::scripts::model::{
     AuditAction, NewScript, NewVersion, Script, ScriptPatch, ScriptStatus, ScriptView, Version,
 };
@@ -44,6 +45,7 @@ pub async fn create_script(
     tenant: &TenantId,
     actor: &ActorId,
     new: NewScript,
+    idem: Option<&Idem<Script>>,
 ) -> Result<Script> {
     let now = store::now_ms();
     let script = Script {
@@ -83,6 +85,9 @@ pub async fn create_script(
         note: None,
     };
     sql::insert_audits(&tx, script.id, tenant.as_str(), &[audit], now).await?;
+    if let Some(idem) = idem {
+        idem.complete(&tx, &script).await?;
+    }
     tx.commit().await?;
     Ok(script)
 }
@@ -92,6 +97,8 @@ pub struct VersionRequest {
     pub tenant: TenantId,
     pub actor: ActorId,
     pub new: NewVersion,
+    /// Completed in the transaction that writes the version.
+    pub idem: Option<Idem<Version>>,
 }
 
 /// Creates the versions of `requests` in ONE transaction: one counter update
@@ -183,6 +190,11 @@ pub async fn create_versions(
     }
     sql::insert_versions(&tx, script_id, &script.tenant_id, &rows, now).await?;
     sql::insert_audits(&tx, script_id, &script.tenant_id, &audits, now).await?;
+    for (r, outcome) in requests.iter().zip(&outcomes) {
+        if let (Some(idem), Ok(v)) = (&r.idem, outcome) {
+            idem.complete(&tx, v).await?;
+        }
+    }
     tx.commit().await?;
     script.latest_version = new_latest;
     script.revision += count as i64;

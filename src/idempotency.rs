@@ -1,0 +1,207 @@
+//! `Idempotency-Key` at the edge: claim the key before the handler's work,
+//! replay a completed response byte for byte, hand the claim to the write that
+//! completes it in its own transaction, record refusals, free it on 5xx.
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actors::domain::TenantId;
+use actors::idempotency::{self, Claim, ClaimOutcome, Idem, IdemKey, Recorded};
+use actors::ErrorCode;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ShapedError};
+use crate::state::AppState;
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const IDEMPOTENCY_TTL: &str = "idempotency-ttl";
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The outcome of `begin`.
+pub enum Begun {
+    /// Go on; with a claim when the request carried a key.
+    Proceed(Option<Claim>),
+    /// The response to send instead (a replay).
+    Respond(HttpResponse),
+}
+
+fn ttl_secs(state: &AppState) -> u64 {
+    (state.settings.idempotency.ttl_hours * 3600.0)
+        .round()
+        .max(0.0) as u64
+}
+
+fn with_ttl(mut res: HttpResponse, state: &AppState) -> HttpResponse {
+    res.headers_mut().insert(
+        HeaderName::from_static(IDEMPOTENCY_TTL),
+        HeaderValue::from(ttl_secs(state)),
+    );
+    res
+}
+
+/// A JSON response as recorded (and sent) by a keyed route: its status, the
+/// headers a replay must repeat (content type, location, ETag) and the body.
+pub fn recorded_json<T: Serialize>(
+    status: StatusCode,
+    headers: Vec<(&str, String)>,
+    body: &T,
+) -> Recorded {
+    let mut h: Vec<(String, String)> = vec![("content-type".into(), "application/json".into())];
+    h.extend(headers.into_iter().map(|(k, v)| (k.to_string(), v)));
+    Recorded {
+        status: status.as_u16(),
+        headers: h,
+        body: serde_json::to_vec(body).unwrap_or_default(),
+    }
+}
+
+/// The response of a recording.
+pub fn to_response(rec: &Recorded) -> HttpResponse {
+    let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
+    let mut res = HttpResponse::build(status);
+    for (k, v) in &rec.headers {
+        res.insert_header((k.as_str(), v.as_str()));
+    }
+    let mut res = res.body(rec.body.clone());
+    if status.is_client_error() || status.is_server_error() {
+        res.extensions_mut().insert(ShapedError);
+    }
+    res
+}
+
+fn error_recorded(err: &ApiError) -> Recorded {
+    let mut headers = Vec::new();
+    if let Some(secs) = err.retry_after {
+        headers.push(("retry-after", secs.to_string()));
+    }
+    recorded_json(err.status_code(), headers, &err.body())
+}
+
+/// Validates the `Idempotency-Key` header and claims it (scope: tenant,
+/// method, concrete path, key; fingerprint: SHA-256 of the raw body). Refusals
+/// (in use, reused, a bad key) come back as the response to send.
+pub async fn begin(state: &AppState, req: &HttpRequest, tenant: &TenantId, raw: &[u8]) -> Begun {
+    match try_begin(state, req, tenant, raw).await {
+        Ok(begun) => begun,
+        Err(err) => Begun::Respond(with_ttl(err.error_response(), state)),
+    }
+}
+
+async fn try_begin(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &TenantId,
+    raw: &[u8],
+) -> Result<Begun, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(Begun::Proceed(None));
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            (1..=255).contains(&k.len())
+                && k.bytes().all(|b| (0x21..=0x7e).contains(&b) || b == b' ')
+        })
+        .ok_or_else(|| {
+            ApiError::field(
+                "Idempotency-Key",
+                "must be 1..255 printable ASCII characters",
+            )
+        })?;
+    let key = IdemKey {
+        tenant: tenant.to_string(),
+        method: req.method().to_string(),
+        path: req.path().to_string(),
+        key: key.to_string(),
+        fingerprint: Sha256::digest(raw).to_vec(),
+    };
+    let s = &state.settings.idempotency;
+    let ttl = chrono::Duration::milliseconds((s.ttl_hours * 3_600_000.0) as i64);
+    let lease = chrono::Duration::seconds(s.inflight_lease_secs as i64);
+    let outcome = idempotency::claim(&state.pool, key, ttl, lease).await?;
+    Ok(match outcome {
+        ClaimOutcome::Claimed(c) => Begun::Proceed(Some(c)),
+        ClaimOutcome::Replay(rec) => {
+            let mut res = with_ttl(to_response(&rec), state);
+            res.headers_mut().insert(
+                HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                HeaderValue::from_static("true"),
+            );
+            Begun::Respond(res)
+        }
+        ClaimOutcome::InUse => {
+            return Err(ApiError::from(idempotency::in_use()));
+        }
+        ClaimOutcome::Reused => {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used with another request body",
+            ))
+        }
+    })
+}
+
+/// The completion a write carries for `claim`.
+pub fn completion<T: 'static>(
+    claim: &Option<Claim>,
+    render: fn(&T) -> Recorded,
+) -> Option<Idem<T>> {
+    claim.clone().map(|claim| Idem {
+        claim,
+        render: Box::new(render),
+    })
+}
+
+/// Finishes a keyed request: records a refusal under the key (its write did
+/// not happen), frees the key after a 5xx, and adds `Idempotency-TTL`.
+pub async fn finish(
+    state: &AppState,
+    claim: Option<Claim>,
+    result: Result<HttpResponse, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let res = match (result, claim) {
+        (Ok(res), _) => res,
+        (Err(err), None) => err.error_response(),
+        // The claim was lost (taken over); nothing of ours to record.
+        (Err(err), Some(_)) if err.code == ErrorCode::IdempotencyKeyInUse => err.error_response(),
+        (Err(err), Some(claim)) if err.status_code().is_server_error() => {
+            if let Err(e) = idempotency::release(&state.pool, &claim).await {
+                tracing::warn!(error = %e, "freeing an idempotency key failed; it expires with its lease");
+            }
+            err.error_response()
+        }
+        (Err(err), Some(claim)) => {
+            // Logged like any refusal, then recorded for replay.
+            let _ = err.error_response();
+            let rec = error_recorded(&err);
+            if let Err(e) = idempotency::complete_alone(&state.pool, &claim, &rec).await {
+                tracing::warn!(error = %e, "recording a refusal under its idempotency key failed");
+            }
+            to_response(&rec)
+        }
+    };
+    Ok(with_ttl(res, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recordings_round_trip_to_the_same_bytes() {
+        let rec = recorded_json(
+            StatusCode::CREATED,
+            vec![("location", "/x".into())],
+            &serde_json::json!({"a": 1}),
+        );
+        let res = to_response(&rec);
+        assert_eq!(res.status(), 201);
+        assert_eq!(res.headers().get("location").unwrap(), "/x");
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            "application/json"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! Prometheus metrics (the `prometheus` crate): request counts and latency per
+//! route and status, and gauges read at scrape time (pool, actors, mailboxes,
+//! outbox, SSE sessions, events).
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::state::AppState;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pool: IntGaugeVec,
+    actors_live: IntGaugeVec,
+    mailbox: IntGaugeVec,
+    outbox: IntGaugeVec,
+    outbox_oldest: Gauge,
+    sse_sessions: IntGauge,
+    events: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("scriptd".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route, method and status",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method", "status"],
+        )?;
+        let pool = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Pooled connections by state"),
+            &["state"],
+        )?;
+        let actors_live =
+            IntGaugeVec::new(Opts::new("actors_live", "Live actors by kind"), &["kind"])?;
+        let mailbox = IntGaugeVec::new(
+            Opts::new("actor_mailbox_depth", "Queued messages by actor kind"),
+            &["kind"],
+        )?;
+        let outbox = IntGaugeVec::new(
+            Opts::new("outbox_commands", "Outbox commands by status"),
+            &["status"],
+        )?;
+        let outbox_oldest = Gauge::new(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest PENDING command",
+        )?;
+        let sse_sessions = IntGauge::new("sse_sessions", "Open SSE sessions in this process")?;
+        let events = IntGauge::new(
+            "events_appended_total",
+            "Events appended to the events table (by any process) since this process started",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(actors_live.clone()))?;
+        registry.register(Box::new(mailbox.clone()))?;
+        registry.register(Box::new(outbox.clone()))?;
+        registry.register(Box::new(outbox_oldest.clone()))?;
+        registry.register(Box::new(sse_sessions.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            pool,
+            actors_live,
+            mailbox,
+            outbox,
+            outbox_oldest,
+            sse_sessions,
+            events,
+        })
+    }
+
+    pub fn observe(&self, route: &str, method: &str, status: u16, secs: f64) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.requests.with_label_values(&labels).inc();
+        self.latency.with_label_values(&labels).observe(secs);
+    }
+
+    /// The text exposition, with the scrape-time gauges refreshed.
+    pub async fn render(&self, state: &AppState) -> String {
+        let status = state.pool.status();
+        self.pool
+            .with_label_values(&["in_use"])
+            .set((status.size - status.available) as i64);
+        self.pool
+            .with_label_values(&["idle"])
+            .set(status.available as i64);
+        self.pool
+            .with_label_values(&["max"])
+            .set(status.max_size as i64);
+        let scripts = state.scripts.registry();
+        let runs = state.runs.registry();
+        self.actors_live
+            .with_label_values(&["script"])
+            .set(scripts.counts().live as i64);
+        self.actors_live
+            .with_label_values(&["run"])
+            .set(runs.counts().live as i64);
+        self.actors_live
+            .with_label_values(&["outbox"])
+            .set(state.outbox_meta.is_some() as i64);
+        self.actors_live.with_label_values(&["eventhub"]).set(1);
+        self.mailbox
+            .with_label_values(&["script"])
+            .set(scripts.total_mailbox());
+        self.mailbox
+            .with_label_values(&["run"])
+            .set(runs.total_mailbox());
+        self.mailbox
+            .with_label_values(&["outbox"])
+            .set(state.outbox_meta.as_ref().map(|m| m.mailbox()).unwrap_or(0));
+        self.mailbox
+            .with_label_values(&["eventhub"])
+            .set(state.hub_meta.mailbox());
+        if let Ok(client) = state.pool.get().await {
+            if let Ok((pending, processing, failed, oldest)) =
+                actors::store::commands::stats(&client).await
+            {
+                self.outbox.with_label_values(&["pending"]).set(pending);
+                self.outbox
+                    .with_label_values(&["processing"])
+                    .set(processing);
+                self.outbox.with_label_values(&["failed"]).set(failed);
+                self.outbox_oldest.set(oldest.unwrap_or(0.0));
+            }
+        }
+        if let Ok(counts) = state.hub.send(actors::events::hub::SessionCounts).await {
+            self.sse_sessions.set(counts.values().sum::<usize>() as i64);
+        }
+        self.events.set(
+            state
+                .hub_stats
+                .fetched
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
