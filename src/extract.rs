@@ -106,6 +106,49 @@ fn is_json(req: &HttpRequest) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// The path of the first string (or object key) holding a NUL character,
+/// which PostgreSQL cannot store in text or jsonb.
+fn nul_at(v: &serde_json::Value, path: &mut String) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = nul_at(item, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        Value::Object(map) => map.iter().any(|(k, item)| {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(k);
+            let found = k.contains('\0') || nul_at(item, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        _ => false,
+    }
+}
+
+/// Refuses NUL characters in a query or body string.
+pub fn no_nul(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.contains('\0') {
+        Err(ApiError::field(
+            field,
+            "must not contain NUL (\\u0000) characters",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Parses `raw` as JSON of type `T`, naming the failing field on a shape error.
 pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
@@ -114,6 +157,18 @@ pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
             format!("the body is not valid JSON: {e}"),
         )
     })?;
+    let mut path = String::new();
+    if nul_at(&value, &mut path) {
+        let field = if path.is_empty() {
+            "body".to_string()
+        } else {
+            path
+        };
+        return Err(ApiError::field(
+            &field,
+            "must not contain NUL (\\u0000) characters",
+        ));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
@@ -206,6 +261,13 @@ mod tests {
     #[allow(dead_code)]
     struct Inner {
         count: u32,
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_their_path() {
+        let err = parse_json::<serde_json::Value>(br#"{"a":{"b":["x","y\u0000"]}}"#).unwrap_err();
+        assert_eq!(err.details.unwrap()["fields"][0]["field"], "a.b[1]");
+        assert!(parse_json::<serde_json::Value>(br#"{"a":"fine"}"#).is_ok());
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! The OpenAPI document, collected from the handlers' own annotations.
 
 use actix_web::App;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::OpenApi;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required};
 use utoipa::Modify;
 use utoipa_actix_web::AppExt;
 
@@ -42,6 +46,157 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Routes without auth.
+pub const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
+/// Routes without rate limits.
+const UNLIMITED_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/metrics",
+    "/admin/actors",
+];
+/// Routes that honour `Idempotency-Key` (path, method).
+pub const KEYED: [(&str, &str); 4] = [
+    ("/scripts", "post"),
+    ("/scripts/{id}/versions", "post"),
+    ("/runs", "post"),
+    ("/commands", "post"),
+];
+
+fn header_param(name: &str, description: &str, pattern: Option<&str>) -> Parameter {
+    let mut schema = ObjectBuilder::new().schema_type(Type::String);
+    if let Some(p) = pattern {
+        schema = schema.pattern(Some(p));
+    }
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+fn error_response(description: &str, retry_after: bool) -> RefOr<Response> {
+    let mut r = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+    );
+    if retry_after {
+        r = r.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+                .description(Some("Seconds to wait"))
+                .build(),
+        );
+    }
+    RefOr::T(r.build())
+}
+
+/// What every operation shares, added in one place: the `Correlation-Id`
+/// header, the errors any route can answer, and per-route auth, rate-limit
+/// and idempotency parts.
+struct CommonParts;
+
+impl Modify for CommonParts {
+    fn modify(&self, openapi: &mut OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("patch", &mut item.patch),
+                ("put", &mut item.put),
+                ("delete", &mut item.delete),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                params.push(RefOr::T(header_param(
+                    "Correlation-Id",
+                    "Logged and echoed; generated when absent",
+                    Some("^[A-Za-z0-9._:-]{1,128}$"),
+                )));
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, r: RefOr<Response>| {
+                    responses.entry(code.to_string()).or_insert(r);
+                };
+                if PUBLIC_PATHS.contains(&path.as_str()) {
+                    op.security = Some(vec![SecurityRequirement::default()]);
+                } else {
+                    add(
+                        "401",
+                        error_response(
+                            "UNAUTHORIZED: missing, malformed or unverified bearer token",
+                            false,
+                        ),
+                    );
+                }
+                add(
+                    "400",
+                    error_response("VALIDATION_FAILED (e.g. a bad Correlation-Id)", false),
+                );
+                if !UNLIMITED_PATHS.contains(&path.as_str()) {
+                    add("429", error_response("RATE_LIMITED", true));
+                    if path != "/events/stream" {
+                        add(
+                            "403",
+                            error_response(
+                                "FORBIDDEN: the token does not grant this tenant",
+                                false,
+                            ),
+                        );
+                    }
+                }
+                if op.request_body.is_some() {
+                    add("413", error_response("PAYLOAD_TOO_LARGE", false));
+                    add(
+                        "415",
+                        error_response(
+                            "UNSUPPORTED_MEDIA_TYPE: the body must be application/json",
+                            false,
+                        ),
+                    );
+                }
+                add(
+                    "500",
+                    error_response("INTERNAL (no internals in the message)", false),
+                );
+                add(
+                    "503",
+                    error_response("UNAVAILABLE: database unreachable or a queue is full", true),
+                );
+                if KEYED.contains(&(path.as_str(), method)) {
+                    add(
+                        "409",
+                        error_response(
+                            "IDEMPOTENCY_KEY_IN_USE (and the route's own conflicts)",
+                            false,
+                        ),
+                    );
+                    add(
+                        "422",
+                        error_response(
+                            "IDEMPOTENCY_KEY_REUSED: the key was used with another body",
+                            false,
+                        ),
+                    );
+                    op.parameters
+                        .get_or_insert_with(Vec::new)
+                        .push(RefOr::T(header_param(
+                        "Idempotency-Key",
+                        "Replays the first response for the same key and body (24 h by default)",
+                        Some("^[\\x20-\\x7E]{1,255}$"),
+                    )));
+                }
+            }
+        }
+    }
+}
+
 /// Builds the document by registering every route on a throwaway app.
 pub fn document() -> OpenApi {
     use utoipa::OpenApi as _;
@@ -51,6 +206,8 @@ pub fn document() -> OpenApi {
         .split_for_parts();
     let mut doc = ApiDoc::openapi();
     doc.merge(paths);
+    // After the merge: the parts every collected operation shares.
+    CommonParts.modify(&mut doc);
     doc
 }
 

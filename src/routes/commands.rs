@@ -53,6 +53,7 @@ fn uuid_text(v: &str) -> Result<(), ValidationError> {
 pub struct CommandActor {
     /// Who the command is on behalf of (in `jwt` mode: the token's `sub`).
     #[validate(length(min = 1, max = 200, message = "must be 1..200 characters"))]
+    #[schema(min_length = 1, max_length = 200)]
     pub user_id: String,
 }
 
@@ -62,11 +63,15 @@ pub struct CommandActor {
 #[schema(example = json!({"command": "Contacts.UpsertAndLink.v1", "actor": {"userId": "u_1"},
     "context": {"applicationId": "app_1"}, "payload": {"contacts": [{"role": "applicant", "email": "a@example.com"}]}}))]
 pub struct CommandRequest {
-    /// `^[A-Z][A-Za-z0-9]*(\.[A-Z][A-Za-z0-9]*)+\.v[0-9]+$`.
     #[validate(custom(function = "command_name"))]
+    #[schema(
+        max_length = 200,
+        pattern = "^[A-Z][A-Za-z0-9]*(\\.[A-Z][A-Za-z0-9]*)+\\.v[0-9]+$"
+    )]
     pub command: String,
     /// A UUID; generated (v7) when absent. Unique per tenant.
     #[validate(custom(function = "uuid_text"))]
+    #[schema(format = Uuid)]
     pub correlation_id: Option<String>,
     #[validate(nested)]
     pub actor: CommandActor,

@@ -42,6 +42,7 @@ pub struct StartRunRequest {
     pub script_id: Uuid,
     /// Defaults to the script's active version.
     #[validate(range(min = 1))]
+    #[schema(minimum = 1)]
     pub version: Option<i32>,
     /// Defaults to the caller's actor id.
     #[validate(custom(function = "rules::embedding_key"))]
@@ -66,7 +67,7 @@ pub struct RunStarted {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"key": "customer.name", "strVal": "Ana"}))]
 pub struct VarItem {
-    /// `^[A-Za-z0-9_.:-]{1,200}$`
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,200}$")]
     pub key: String,
     pub str_val: Option<String>,
     /// A finite number.

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use validator::Validate;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{path_uuid, path_version, JsonBody, RequestBody};
+use crate::extract::{no_nul, path_uuid, path_version, JsonBody, RequestBody};
 use crate::idempotency::{self as idem, Begun};
 use crate::page::{Page, PageRequest};
 use crate::settings::LimitsSettings;
@@ -32,25 +32,33 @@ use crate::validation::{self as rules, double_option, to_api, Fields};
 #[schema(example = json!({"name": "Onboarding", "slug": "onboarding", "labels": ["sales"], "languageCodes": ["en", "pt-BR"]}))]
 pub struct CreateScriptRequest {
     /// Alternative to the `x-tenant-id` header; both present must agree.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     pub tenant_id: Option<String>,
-    /// 1..200 characters.
+    /// 1..200 characters, not blank.
     #[validate(custom(function = "rules::name"))]
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
-    /// `^[a-z0-9]+(-[a-z0-9]+)*$`, up to 100 characters, unique in the tenant.
+    /// Unique in the tenant.
     #[validate(custom(function = "rules::slug"))]
+    #[schema(max_length = 100, pattern = "^[a-z0-9]+(-[a-z0-9]+)*$")]
     pub slug: String,
-    /// Up to 2000 characters.
     #[validate(custom(function = "rules::description"))]
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// Up to 50 items of 1..100 characters.
     #[validate(custom(function = "rules::text_list"))]
+    #[schema(max_items = 50)]
     pub labels: Option<Vec<String>>,
+    /// Up to 50 items of 1..100 characters.
     #[validate(custom(function = "rules::text_list"))]
+    #[schema(max_items = 50)]
     pub intents: Option<Vec<String>>,
     /// BCP 47 tags such as `en`, `pt-BR`.
     #[validate(custom(function = "rules::language_codes"))]
+    #[schema(max_items = 50)]
     pub language_codes: Option<Vec<String>>,
     #[validate(custom(function = "rules::embedding_key"))]
+    #[schema(min_length = 1, max_length = 200)]
     pub embedding_key: Option<String>,
 }
 
@@ -177,6 +185,7 @@ pub struct CreateVersionRequest {
     pub note: Option<String>,
     /// When given, must equal the script's `latestVersion`, else 409 VERSION_CONFLICT.
     #[validate(range(min = 0))]
+    #[schema(minimum = 0)]
     pub base_version: Option<i32>,
 }
 
@@ -348,6 +357,8 @@ pub async fn list_scripts(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let tenant = ctx.tenant(query.tenant_id.as_deref())?;
+    no_nul("q", query.q.as_deref().unwrap_or_default())?;
+    no_nul("slug", query.slug.as_deref().unwrap_or_default())?;
     let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
     if q.is_some_and(|q| q.chars().count() > 100) {
         return Err(ApiError::field("q", "must be at most 100 characters"));
@@ -518,7 +529,7 @@ pub async fn create_version(
 #[utoipa::path(
     tag = "versions",
     params(crate::openapi::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
-        ("version" = i32, Path, description = "Version number")),
+        ("version" = i32, Path, minimum = 1, description = "Version number")),
     request_body(content = PublishRequestBody, description = "May be empty"),
     responses(
         (status = 200, description = "The script with its new active version", body = ScriptView, headers(("ETag" = String))),
@@ -595,7 +606,7 @@ pub async fn list_versions(
 #[utoipa::path(
     tag = "versions",
     params(crate::openapi::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
-        ("version" = i32, Path, description = "Version number")),
+        ("version" = i32, Path, minimum = 1, description = "Version number")),
     responses(
         (status = 200, description = "The version", body = Version),
         (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),

@@ -5,6 +5,8 @@ mod helpers;
 mod embedded;
 mod events;
 mod foundation;
+mod openapi;
 mod runs;
 mod scripts;
 mod security;
+mod smoke;
