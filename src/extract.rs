@@ -149,14 +149,42 @@ pub fn no_nul(field: &str, v: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Parses `raw` as JSON of type `T`, naming the failing field on a shape error.
+/// Parses `raw` as JSON of type `T`, naming the failing field on a shape
+/// error. One pass over the bytes; bodies that may hold a NUL escape take a
+/// slower path that finds and names it.
 pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    if raw.windows(6).any(|w| w == b"\\u0000") {
+        return parse_json_checked(raw);
+    }
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(shape_error)?;
+    de.end().map_err(malformed)?;
+    Ok(value)
+}
+
+fn malformed(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        ErrorCode::MalformedJson,
+        format!("the body is not valid JSON: {e}"),
+    )
+}
+
+fn shape_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if inner.classify() != serde_json::error::Category::Data {
+        return malformed(inner);
+    }
+    let field = if path == "." {
+        "body".to_string()
+    } else {
+        path
+    };
+    ApiError::validation(vec![FieldError::new(field, inner.to_string())])
+}
+
+fn parse_json_checked<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(raw).map_err(malformed)?;
     let mut path = String::new();
     if nul_at(&value, &mut path) {
         let field = if path.is_empty() {
@@ -176,8 +204,7 @@ pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
         } else {
             path
         };
-        let message = e.into_inner().to_string();
-        ApiError::validation(vec![FieldError::new(field, message)])
+        ApiError::validation(vec![FieldError::new(field, e.into_inner().to_string())])
     })
 }
 

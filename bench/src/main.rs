@@ -5,7 +5,6 @@
 //! Run it with `bench/run` (which builds the release binaries first).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -247,11 +246,12 @@ impl Measured {
     }
 }
 
-/// Runs `conc` closed-loop workers; records what completes after the warm-up.
-async fn closed_loop<F, Fut>(conc: usize, warmup: Duration, dur: Duration, op: F) -> Measured
+/// Runs `conc` closed-loop workers, each on its own keep-alive connection;
+/// records what completes after the warm-up. `op(worker, i)` gives the
+/// request and the status it must answer.
+async fn closed_loop<F>(addr: &str, conc: usize, warmup: Duration, dur: Duration, op: F) -> Measured
 where
-    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = bool> + Send,
+    F: Fn(usize, u64) -> (&'static str, String, Vec<u8>, u16) + Clone + Send + 'static,
 {
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -261,6 +261,7 @@ where
     for w in 0..conc {
         let op = op.clone();
         let errors = errors.clone();
+        let mut conn = RawConn::new(addr);
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let mut i = 0u64;
@@ -269,11 +270,12 @@ where
                 if t0 >= end {
                     break;
                 }
-                let ok = op(w, i).await;
+                let (method, path, body, want) = op(w, i);
+                let status = conn.send(method, &path, &body).await;
                 i += 1;
                 let t1 = Instant::now();
                 if t0 >= measure_from && t1 <= end {
-                    if ok {
+                    if status == want {
                         let _ = hist.record((t1 - t0).as_micros().max(1) as u64);
                     } else {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -363,7 +365,7 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
-async fn http_scenario<F, Fut>(
+async fn http_scenario<F>(
     env: &Env,
     args: &Args,
     name: &str,
@@ -371,8 +373,7 @@ async fn http_scenario<F, Fut>(
     pg_script: Option<String>,
 ) -> Result<Row>
 where
-    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = bool> + Send,
+    F: Fn(usize, u64) -> (&'static str, String, Vec<u8>, u16) + Clone + Send + 'static,
 {
     eprintln!(
         "{name}: scriptd, {} connections, {}s + {}s warm-up",
@@ -380,6 +381,7 @@ where
     );
     env.reset_peak();
     let m = closed_loop(
+        env.base.trim_start_matches("http://"),
         args.connections,
         Duration::from_secs(args.warmup),
         Duration::from_secs(args.duration),
@@ -420,13 +422,13 @@ END;
     )
 }
 
+fn graph_body() -> Vec<u8> {
+    format!(r#"{{"graphJson":{GRAPH}}}"#).into_bytes()
+}
+
 async fn version_hot(env: &Env, args: &Args) -> Result<Row> {
-    let http = env.clone_http();
     let path = format!("/scripts/{}/versions", script_id(0));
-    let op = move |_, _| {
-        let req = http.post(&path);
-        async move { req.send().await.is_ok_and(|r| r.status() == 201) }
-    };
+    let op = move |_, _| ("POST", path.clone(), graph_body(), 201);
     http_scenario(
         env,
         args,
@@ -438,12 +440,10 @@ async fn version_hot(env: &Env, args: &Args) -> Result<Row> {
 }
 
 async fn version_spread(env: &Env, args: &Args) -> Result<Row> {
-    let http = env.clone_http();
     let op = move |w: usize, i: u64| {
         let mut rng = Rng(((w as u64) << 32 | i) * 2654435761 + 1);
         let path = format!("/scripts/{}/versions", script_id(rng.below(SCRIPTS - 2)));
-        let req = http.post(&path);
-        async move { req.send().await.is_ok_and(|r| r.status() == 201) }
+        ("POST", path, graph_body(), 201)
     };
     let id = "('00000000-0000-7000-8000-' || lpad(:n::text, 12, '0'))::uuid";
     let pre = format!("\\set n random(0, {})\n", SCRIPTS - 3);
@@ -451,13 +451,11 @@ async fn version_spread(env: &Env, args: &Args) -> Result<Row> {
 }
 
 async fn vars(env: &Env, args: &Args) -> Result<Row> {
-    let http = env.clone_http();
     let op = move |w: usize, i: u64| {
         let mut rng = Rng(((w as u64) << 32 | i) * 2654435761 + 7);
         let path = format!("/runs/{}/vars", run_id(w % RUNS));
-        let body = format!(r#"[{{"key":"k{}","numVal":{i}}}]"#, rng.below(KEYS));
-        let req = http.post_owned(&path, body);
-        async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+        let body = format!(r#"[{{"key":"k{}","numVal":{i}}}]"#, rng.below(KEYS)).into_bytes();
+        ("POST", path, body, 200)
     };
     let script = format!(
         "\\set r random(0, {})
@@ -471,17 +469,8 @@ INSERT INTO run_variables (run_id, key, num_val, updated_at) VALUES (('00000000-
 }
 
 async fn read(env: &Env, args: &Args) -> Result<Row> {
-    let http = env.clone_http();
     let path = format!("/scripts/{}", script_id(1));
-    let op = move |_, _| {
-        let req = http.get(&path);
-        async move {
-            match req.send().await {
-                Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
-                _ => false,
-            }
-        }
-    };
+    let op = move |_, _| ("GET", path.clone(), Vec::new(), 200);
     let script = format!(
         "SELECT id, tenant_id, name, slug, description, status, active_version_id, latest_version, revision, labels, intents, language_codes, embedding_key, created_by_id, updated_by_id, created_at, updated_at FROM scripts WHERE id = '{}' AND tenant_id = '{TENANT}';
 SELECT v.id, v.script_id, v.version, v.graph_json, v.variables_def, v.changelog, v.is_published, v.created_by_id, v.created_at FROM script_versions v WHERE v.id = '{}';
@@ -626,17 +615,17 @@ async fn sse_fanout(env: &Env, args: &Args) -> Result<Row> {
     let (with_sessions, _) = env.rss();
     let per_session = (with_sessions.saturating_sub(before)) as f64 * 1024.0 / args.sessions as f64;
     eprintln!("sse-fanout: publishing one event");
-    let db = env.sql().await?;
     let t0 = Instant::now();
-    db.batch_execute(&format!(
-        "BEGIN; SELECT pg_advisory_xact_lock({});
-         INSERT INTO events (tenant_id, name, correlation_id, success, payload, occurred_at)
-           VALUES ('bench-fan', 'Bench.Fanout.v1', NULL, true, '{{}}', now());
-         SELECT pg_notify('{}', currval('events_id_seq')::text); COMMIT;",
-        actors::store::events::APPEND_LOCK,
-        actors::store::events::EVENTS_CHANNEL
-    ))
-    .await?;
+    let event = actors::events::NewEvent {
+        tenant_id: "bench-fan".into(),
+        name: "Bench.Fanout.v1".into(),
+        correlation_id: None,
+        success: true,
+        payload: json!({}),
+    };
+    let pool = actors::store::connect(&env.db_conn, 1, Duration::from_secs(5))?;
+    let client = pool.get().await?;
+    actors::store::events::append(&client, &[event], chrono::Utc::now()).await?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut missed = 0;
     for s in sessions {
@@ -702,39 +691,89 @@ async fn audit_depth(env: &Env, args: &Args) -> Result<Row> {
     })
 }
 
-/// A request builder that owns what it needs.
-#[derive(Clone)]
-struct Http {
-    client: reqwest::Client,
-    base: String,
+/// A minimal HTTP/1.1 keep-alive client: the load generator shares two cores
+/// with scriptd and PostgreSQL, so it must cost as little as possible.
+struct RawConn {
+    addr: String,
+    sock: Option<tokio::net::TcpStream>,
+    buf: Vec<u8>,
 }
 
-impl Http {
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.post_owned(path, format!(r#"{{"graphJson":{GRAPH}}}"#))
-    }
-    fn post_owned(&self, path: &str, body: String) -> reqwest::RequestBuilder {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth("bench")
-            .header("x-tenant-id", TENANT)
-            .header("content-type", "application/json")
-            .body(body)
-    }
-    fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth("bench")
-            .header("x-tenant-id", TENANT)
-    }
-}
-
-impl Env {
-    fn clone_http(&self) -> Http {
-        Http {
-            client: self.http.clone(),
-            base: self.base.clone(),
+impl RawConn {
+    fn new(addr: &str) -> Self {
+        RawConn {
+            addr: addr.to_string(),
+            sock: None,
+            buf: Vec::with_capacity(16 * 1024),
         }
+    }
+
+    /// Sends one request; returns the status (0 on an I/O error).
+    async fn send(&mut self, method: &str, path: &str, body: &[u8]) -> u16 {
+        match self.try_send(method, path, body).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.sock = None;
+                0
+            }
+        }
+    }
+
+    async fn try_send(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        if self.sock.is_none() {
+            let s = tokio::net::TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            self.sock = Some(s);
+        }
+        let sock = self.sock.as_mut().expect("connected");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer bench\r\nx-tenant-id: {TENANT}\r\n",
+            self.addr
+        )
+        .into_bytes();
+        if !body.is_empty() {
+            req.extend_from_slice(
+                format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        sock.write_all(&req).await?;
+        self.buf.clear();
+        let header_end = loop {
+            let mut chunk = [0u8; 8192];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = std::str::from_utf8(&self.buf[..header_end]).unwrap_or_default();
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while self.buf.len() < header_end + length {
+            let mut chunk = [0u8; 8192];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(status)
     }
 }
 

@@ -118,17 +118,21 @@ impl EventHub {
         self.dirty = false;
         let pool = self.pool.clone();
         let after = self.cursor;
+        // Pages of at most half a session buffer: a reader that keeps up
+        // drains one page while the next is read, so a burst of events is not
+        // mistaken for a reader falling behind.
+        let page = self.page();
         ctx.spawn(
             async move {
                 let client = pool.get().await?;
-                sql::after(&client, after, FETCH).await
+                sql::after(&client, after, page).await
             }
             .into_actor(self)
             .map(|res, act, ctx| {
                 act.fetching = false;
                 match res {
                     Ok(events) => {
-                        let full = events.len() as i64 == FETCH;
+                        let full = events.len() as i64 == act.page();
                         act.stats
                             .fetched
                             .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -147,6 +151,10 @@ impl EventHub {
                 }
             }),
         );
+    }
+
+    fn page(&self) -> i64 {
+        ((self.buffer / 2).max(1) as i64).min(FETCH)
     }
 
     fn route(&mut self, ev: Arc<StoredEvent>) {

@@ -10,9 +10,6 @@ use crate::events::model::{NewEvent, StoredEvent};
 
 /// NOTIFY channel announcing a new event id.
 pub const EVENTS_CHANNEL: &str = "scriptd_events";
-/// Advisory lock key serializing event appends across all processes, so that
-/// event ids become visible in commit order ("sced" "evts").
-pub const APPEND_LOCK: i64 = 0x7363_6564_6576_7473;
 
 const COLUMNS: &str = "id, tenant_id, name, correlation_id, success, payload, occurred_at";
 
@@ -28,9 +25,11 @@ fn event_from(row: &Row) -> StoredEvent {
     )
 }
 
-/// Appends events inside the caller's transaction. Call it last, just before
-/// the commit: the advisory lock it takes is held until then, which is what
-/// makes ids visible in commit order. One NOTIFY carries the last id.
+/// Appends events in one round trip (`scriptd_append_events`, migration V3):
+/// the advisory lock, the rows, one NOTIFY with the last id. Inside a
+/// transaction call it last, just before the commit: the lock is held until
+/// then, which is what makes ids visible in commit order. Outside one, the
+/// statement is its own transaction.
 pub async fn append(
     client: &impl GenericClient,
     events: &[NewEvent],
@@ -39,18 +38,8 @@ pub async fn append(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let lock = client
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-        .await?;
-    client.execute(&lock, &[&APPEND_LOCK]).await?;
     let stmt = client
-        .prepare_cached(
-            "INSERT INTO events (tenant_id, name, correlation_id, success, payload, occurred_at) \
-             SELECT u.tenant_id, u.name, u.correlation_id, u.success, u.payload, $1 \
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bool[], $6::jsonb[]) WITH ORDINALITY \
-               AS u(tenant_id, name, correlation_id, success, payload, n) \
-             ORDER BY u.n RETURNING id",
-        )
+        .prepare_cached("SELECT scriptd_append_events($1, $2, $3, $4, $5, $6)")
         .await?;
     let tenants: Vec<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
@@ -58,19 +47,13 @@ pub async fn append(
         events.iter().map(|e| e.correlation_id.as_deref()).collect();
     let successes: Vec<bool> = events.iter().map(|e| e.success).collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
-    let rows = client
-        .query(
+    let row = client
+        .query_one(
             &stmt,
-            &[&now, &tenants, &names, &correlations, &successes, &payloads],
+            &[&tenants, &names, &correlations, &successes, &payloads, &now],
         )
         .await?;
-    // Ids follow the input order (ORDER BY ordinality feeds nextval in order).
-    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    ids.sort_unstable();
-    let notify = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
-    let last = ids.last().copied().unwrap_or_default().to_string();
-    client.execute(&notify, &[&EVENTS_CHANNEL, &last]).await?;
-    Ok(ids)
+    Ok(row.get(0))
 }
 
 /// Events of every tenant after `after`, in id order (the hub's live feed).

@@ -366,13 +366,36 @@ pub async fn get_script_view(
     tenant: &str,
     id: Uuid,
 ) -> Result<Option<(Script, Option<Version>)>> {
-    let Some(script) = get_script(client, tenant, id).await? else {
+    let script_cols: String = SCRIPT_COLUMNS
+        .split(", ")
+        .map(|c| format!("s.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {script_cols}, v.id AS v_id, v.script_id AS v_script_id, v.version AS v_version, \
+               v.graph_json AS v_graph_json, v.variables_def AS v_variables_def, v.changelog AS v_changelog, \
+               v.is_published AS v_is_published, v.created_by_id AS v_created_by_id, v.created_at AS v_created_at \
+             FROM scripts s LEFT JOIN script_versions v ON v.id = s.active_version_id \
+             WHERE s.id = $1 AND s.tenant_id = $2"
+        ))
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&id, &tenant]).await? else {
         return Ok(None);
     };
-    let active = match script.active_version_id {
-        Some(v) => get_version_by_id(client, v).await?,
-        None => None,
-    };
+    let script = script_from(&row);
+    let active = row.get::<_, Option<Uuid>>("v_id").map(|vid| Version {
+        id: vid,
+        script_id: row.get("v_script_id"),
+        version: row.get("v_version"),
+        graph_json: row.get("v_graph_json"),
+        variables_def: row.get("v_variables_def"),
+        changelog: row.get("v_changelog"),
+        is_published: row.get("v_is_published"),
+        is_active: true,
+        created_by_id: row.get("v_created_by_id"),
+        created_at: row.get("v_created_at"),
+    });
     Ok(Some((script, active)))
 }
 
