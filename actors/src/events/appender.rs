@@ -29,6 +29,14 @@ impl EventAppender {
         EventAppender { tx }
     }
 
+    /// Queues `events` for appending without waiting. Appends happen in
+    /// submission order, so one producer's events keep their order.
+    pub fn append_detached(&self, events: Vec<NewEvent>) {
+        if self.tx.send((events, None)).is_err() {
+            tracing::warn!("the event appender stopped; events dropped");
+        }
+    }
+
     /// Appends `events` and waits for the commit; returns their ids.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<i64>> {
         let (reply, rx) = oneshot::channel();

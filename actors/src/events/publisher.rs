@@ -17,6 +17,12 @@ impl EventPublisher {
         EventPublisher { appender }
     }
 
+    /// Queues `batch` without waiting (in submission order with every other
+    /// publish of this process).
+    pub fn publish_detached(&self, batch: Vec<NewEvent>) {
+        self.appender.append_detached(batch)
+    }
+
     /// Appends `batch` (in order) and waits for the commit; returns their ids.
     pub async fn publish(&self, batch: &[NewEvent]) -> Result<Vec<i64>> {
         self.appender.append(batch.to_vec()).await

@@ -202,9 +202,17 @@ impl RunActor {
                 );
             }
             Pending::Finish(m, tx) => {
+                let publisher = self.publisher.clone();
                 ctx.spawn(
                     async move {
                         let res = ops::finish_run(&pool, &m.tenant, id, m.status).await;
+                        if let Ok(run) = &res {
+                            publisher.publish_detached(vec![ops::run_event(
+                                run,
+                                "Run.Finished.v1",
+                                json!({ "runId": run.id, "status": run.status }),
+                            )]);
+                        }
                         let finished = res.is_ok()
                             || matches!(&res, Err(Error::Rejected { code, .. }) if *code == crate::ErrorCode::RunFinished);
                         let _ = tx.send(res);
@@ -333,11 +341,9 @@ async fn commit_upserts(
             success: true,
             payload: json!({ "runId": run_id, "keys": written_keys }),
         };
-        // Awaited before the next write, so a run's events stay in order
-        // (Run.Finished comes after the last VarsUpserted).
-        if let Err(e) = publisher.publish(&[event]).await {
-            tracing::warn!(run = %id, error = %e, "Run.VarsUpserted.v1 could not be appended");
-        }
+        // Off the write path: queued in order behind this run's earlier events
+        // (and before its Run.Finished, which the actor queues after this).
+        publisher.publish_detached(vec![event]);
     }
     finished
 }

@@ -93,7 +93,8 @@ pub fn run_finished() -> Error {
     Error::rejected(ErrorCode::RunFinished, "the run has finished")
 }
 
-/// Finish: status and endedAt, and `Run.Finished.v1`, in one transaction.
+/// Finish: status and endedAt. (`Run.Finished.v1` is queued by the run's
+/// actor after the commit, behind the run's earlier events.)
 pub async fn finish_run(
     pool: &Pool,
     tenant: &TenantId,
