@@ -652,6 +652,28 @@ async fn sse_fanout(env: &Env, args: &Args) -> Result<Row> {
     })
 }
 
+/// What serializing event appends costs: pgbench appending one event per
+/// transaction through `scriptd_append_events` (advisory lock, so ids become
+/// visible in commit order) against the same insert and NOTIFY without the lock.
+async fn event_append(env: &Env, args: &Args) -> Result<Row> {
+    eprintln!("event-append: pgbench, serialized vs not");
+    let locked = format!(
+        "SELECT scriptd_append_events(ARRAY['bench-ev'], ARRAY['Bench.Event.v1'], ARRAY[NULL::text], ARRAY[true], ARRAY['{{}}'::jsonb], now());\n"
+    );
+    let unlocked = "INSERT INTO events (tenant_id, name, correlation_id, success, payload, occurred_at) VALUES ('bench-ev', 'Bench.Event.v1', NULL, true, '{}', now());\nSELECT pg_notify('scriptd_events', currval('events_id_seq')::text);\n".to_string();
+    let with_lock = pgbench(env, args, "event-append-locked", &locked)?;
+    let without = pgbench(env, args, "event-append-unlocked", &unlocked)?;
+    Ok(Row {
+        scenario: "event-append".into(),
+        pgbench: Some(with_lock),
+        note: format!(
+            "pgbench only: {with_lock:.0} appends/s serialized, {without:.0}/s without the lock ({:.0}% of it)",
+            100.0 * with_lock / without
+        ),
+        ..Row::default()
+    })
+}
+
 async fn audit_depth(env: &Env, args: &Args) -> Result<Row> {
     eprintln!(
         "audit-depth: first page of 50 on 1,000 and {} rows",
@@ -808,6 +830,9 @@ async fn main() -> Result<()> {
     }
     if want("command-to-event") {
         rows.push(command_to_event(&env, &args).await?);
+    }
+    if want("event-append") {
+        rows.push(event_append(&env, &args).await?);
     }
     if want("audit-depth") {
         rows.push(audit_depth(&env, &args).await?);
