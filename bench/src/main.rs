@@ -657,9 +657,7 @@ async fn sse_fanout(env: &Env, args: &Args) -> Result<Row> {
 /// visible in commit order) against the same insert and NOTIFY without the lock.
 async fn event_append(env: &Env, args: &Args) -> Result<Row> {
     eprintln!("event-append: pgbench, serialized vs not");
-    let locked = format!(
-        "SELECT scriptd_append_events(ARRAY['bench-ev'], ARRAY['Bench.Event.v1'], ARRAY[NULL::text], ARRAY[true], ARRAY['{{}}'::jsonb], now());\n"
-    );
+    let locked = "SELECT scriptd_append_events(ARRAY['bench-ev'], ARRAY['Bench.Event.v1'], ARRAY[NULL::text], ARRAY[true], ARRAY['{}'::jsonb], now());\n".to_string();
     let unlocked = "INSERT INTO events (tenant_id, name, correlation_id, success, payload, occurred_at) VALUES ('bench-ev', 'Bench.Event.v1', NULL, true, '{}', now());\nSELECT pg_notify('scriptd_events', currval('events_id_seq')::text);\n".to_string();
     let with_lock = pgbench(env, args, "event-append-locked", &locked)?;
     let without = pgbench(env, args, "event-append-unlocked", &unlocked)?;
