@@ -252,3 +252,82 @@ impl<A: Actor> Registry<A> {
         self.slots().values().map(|s| s.meta.mailbox()).sum()
     }
 }
+
+/// Why a keyed actor stops, when it stops on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Passivation after `idle` without messages.
+    Idle,
+    /// A failure: its supervisor restarts it and it reloads its state.
+    Failure,
+}
+
+/// The life cycle every keyed persistent actor shares: idle passivation,
+/// leaving the registry, restart accounting.
+pub struct Lifecycle<A: Actor> {
+    pub id: Uuid,
+    pub meta: Arc<ActorMeta>,
+    pub registry: Arc<Registry<A>>,
+    pub idle: std::time::Duration,
+    /// `None` in `stopping` means the context is being dropped after a panic.
+    pub stop_reason: Option<StopReason>,
+}
+
+impl<A: Actor> Lifecycle<A> {
+    pub fn new(
+        id: Uuid,
+        meta: Arc<ActorMeta>,
+        registry: Arc<Registry<A>>,
+        idle: std::time::Duration,
+    ) -> Self {
+        Lifecycle {
+            id,
+            meta,
+            registry,
+            idle,
+            stop_reason: None,
+        }
+    }
+
+    /// How often to look for idleness.
+    pub fn check_interval(&self) -> std::time::Duration {
+        (self.idle / 4).clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(30),
+        )
+    }
+
+    /// Nothing in the mailbox, and no message for `idle`.
+    pub fn idle_expired(&self) -> bool {
+        self.meta.mailbox() == 0 && self.meta.idle_ms() >= self.idle.as_millis() as i64
+    }
+
+    /// From `Actor::stopping`. Only an idle actor leaves the registry. After a
+    /// failure the registry keeps its address, so the supervisor restarts it;
+    /// after a panic the dead entry stays, so the registry sees the closed
+    /// mailbox and counts the restart when it starts a fresh one.
+    pub fn on_stopping(&self) {
+        if self.stop_reason == Some(StopReason::Idle) {
+            self.registry.remove(self.id, &self.meta);
+            self.registry
+                .stats
+                .passivated
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key = %self.id, "actor passivated");
+        }
+    }
+
+    /// From `Supervised::restarting`: count a restart (not after passivation)
+    /// and register again.
+    pub fn on_restarting(&mut self, addr: Addr<A>) {
+        if self.stop_reason.take() != Some(StopReason::Idle) {
+            self.meta.count_restart();
+            self.registry
+                .stats
+                .restarted
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(key = %self.id, "actor restarted by its supervisor");
+        }
+        self.registry.reinstate(self.id, addr, self.meta.clone());
+    }
+}

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::domain::TenantId;
 use crate::error::{Error, Result};
 use crate::events::EventPublisher;
-use crate::registry::{ActorMeta, Registry};
+use crate::registry::{ActorMeta, Lifecycle, Registry, StopReason};
 use crate::runs::model::{Run, RunStatus, RunVariable, VarUpsert};
 use crate::runs::ops::{self, run_finished};
 use crate::store::{self, runs as sql};
@@ -57,12 +57,6 @@ enum Pending {
     Finish(FinishRun, oneshot::Sender<Result<Run>>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopReason {
-    Idle,
-    Failure,
-}
-
 /// What the actor knows of its run (reloaded from PostgreSQL at every start).
 #[derive(Debug, Clone)]
 struct Known {
@@ -75,14 +69,12 @@ pub struct RunActor {
     pool: Pool,
     publisher: EventPublisher,
     meta: Arc<ActorMeta>,
-    registry: Arc<Registry<RunActor>>,
-    idle: Duration,
+    life: Lifecycle<RunActor>,
     queue_max: usize,
     queue: VecDeque<Pending>,
     flushing: bool,
     known: Option<Known>,
     loaded: bool,
-    stop_reason: Option<StopReason>,
 }
 
 impl RunActor {
@@ -377,47 +369,26 @@ impl Actor for RunActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load(ctx);
-        let check = (self.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-        ctx.run_interval(check, |act, ctx| {
-            if act.queue.is_empty()
-                && !act.flushing
-                && act.meta.mailbox() == 0
-                && act.meta.idle_ms() >= act.idle.as_millis() as i64
-            {
-                act.stop_reason = Some(StopReason::Idle);
+        ctx.run_interval(self.life.check_interval(), |act, ctx| {
+            if act.queue.is_empty() && !act.flushing && act.life.idle_expired() {
+                act.life.stop_reason = Some(StopReason::Idle);
                 ctx.stop();
             }
         });
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
-        // As for scripts: only an idle actor leaves the registry.
-        if self.stop_reason == Some(StopReason::Idle) {
-            self.registry.remove(self.id, &self.meta);
-            self.registry
-                .stats
-                .passivated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.life.on_stopping();
         Running::Stop
     }
 }
 
 impl Supervised for RunActor {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
-        if self.stop_reason.take() != Some(StopReason::Idle) {
-            self.meta.count_restart();
-            self.registry
-                .stats
-                .restarted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(run = %self.id, "run actor restarted by its supervisor");
-        }
         self.flushing = false;
         self.known = None;
         self.loaded = false;
-        self.registry
-            .reinstate(self.id, ctx.address(), self.meta.clone());
+        self.life.on_restarting(ctx.address());
     }
 }
 
@@ -449,7 +420,7 @@ impl Handler<InjectFailure> for RunActor {
         if msg.panic {
             panic!("injected failure in run actor {}", self.id);
         }
-        self.stop_reason = Some(StopReason::Failure);
+        self.life.stop_reason = Some(StopReason::Failure);
         ctx.stop();
     }
 }
@@ -493,15 +464,13 @@ impl Runs {
                 id,
                 pool,
                 publisher,
-                meta,
-                registry,
-                idle,
+                meta: meta.clone(),
+                life: Lifecycle::new(id, meta, registry, idle),
                 queue_max,
                 queue: VecDeque::new(),
                 flushing: false,
                 known: None,
                 loaded: false,
-                stop_reason: None,
             })
         }
     }

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::registry::{ActorMeta, Registry};
+use crate::registry::{ActorMeta, Lifecycle, Registry, StopReason};
 use crate::scripts::model::{ScriptView, Version};
 use crate::scripts::ops::{self, PatchRequest, PublishRequest, VersionRequest};
 use crate::store::scripts as sql;
@@ -50,19 +50,9 @@ pub struct ScriptActor {
     id: Uuid,
     pool: Pool,
     meta: Arc<ActorMeta>,
-    registry: Arc<Registry<ScriptActor>>,
-    idle: Duration,
+    life: Lifecycle<ScriptActor>,
     queue: VecDeque<Pending>,
     flushing: bool,
-    /// Why the actor stops, when it stops on purpose. `None` in `stopping`
-    /// means its context is being dropped after a panic.
-    stop_reason: Option<StopReason>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopReason {
-    Idle,
-    Failure,
 }
 
 impl ScriptActor {
@@ -76,12 +66,10 @@ impl ScriptActor {
         ScriptActor {
             id,
             pool,
-            meta,
-            registry,
-            idle,
+            meta: meta.clone(),
+            life: Lifecycle::new(id, meta, registry, idle),
             queue: VecDeque::new(),
             flushing: false,
-            stop_reason: None,
         }
     }
 
@@ -194,32 +182,16 @@ impl Actor for ScriptActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load(ctx);
-        let check = (self.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-        ctx.run_interval(check, |act, ctx| {
-            if act.queue.is_empty()
-                && !act.flushing
-                && act.meta.mailbox() == 0
-                && act.meta.idle_ms() >= act.idle.as_millis() as i64
-            {
-                act.stop_reason = Some(StopReason::Idle);
+        ctx.run_interval(self.life.check_interval(), |act, ctx| {
+            if act.queue.is_empty() && !act.flushing && act.life.idle_expired() {
+                act.life.stop_reason = Some(StopReason::Idle);
                 ctx.stop();
             }
         });
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
-        // Only an idle actor leaves the registry. After a failure the registry
-        // keeps its address, so the supervisor restarts it; after a panic the
-        // dead entry stays, so the registry sees the closed mailbox and counts
-        // the restart when it starts a fresh one.
-        if self.stop_reason == Some(StopReason::Idle) {
-            self.registry.remove(self.id, &self.meta);
-            self.registry
-                .stats
-                .passivated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(script = %self.id, "script actor passivated");
-        }
+        self.life.on_stopping();
         Running::Stop
     }
 }
@@ -228,17 +200,8 @@ impl Supervised for ScriptActor {
     /// Restarted after it stopped while messages could still reach it: reload
     /// from PostgreSQL (in `started`) and register again.
     fn restarting(&mut self, ctx: &mut Context<Self>) {
-        if self.stop_reason.take() != Some(StopReason::Idle) {
-            self.meta.count_restart();
-            self.registry
-                .stats
-                .restarted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(script = %self.id, "script actor restarted by its supervisor");
-        }
         self.flushing = false;
-        self.registry
-            .reinstate(self.id, ctx.address(), self.meta.clone());
+        self.life.on_restarting(ctx.address());
     }
 }
 
@@ -281,7 +244,7 @@ impl Handler<InjectFailure> for ScriptActor {
             panic!("injected failure in script actor {}", self.id);
         }
         tracing::warn!(script = %self.id, "injected failure: stopping");
-        self.stop_reason = Some(StopReason::Failure);
+        self.life.stop_reason = Some(StopReason::Failure);
         ctx.stop();
     }
 }
