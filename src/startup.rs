@@ -28,7 +28,7 @@ use crate::middleware::request_context;
 use crate::openapi::OpenApiJson;
 use crate::ratelimit::{rate_limit, RateLimits};
 use crate::settings::{AuthMode, Settings};
-use crate::state::{AppState, State};
+use crate::state::{AppState, ReadPool, State};
 
 pub struct Application {
     port: u16,
@@ -175,7 +175,18 @@ impl Application {
         ));
 
         let app_state = state.clone();
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let read_pool_size = (state.settings.database.pool_size / workers).max(2);
+        let db_url = state.settings.database.url.clone();
+        let connect_timeout = Duration::from_millis(state.settings.database.connect_timeout_ms);
         let server = HttpServer::new(move || {
+            // Built per worker; its connections open lazily on that worker's thread.
+            // (The URL was already parsed once above; should that fail here, reads
+            // share the application pool.)
+            let reads = web::Data::new(ReadPool(
+                actors::store::connect(db_url.expose_secret(), read_pool_size, connect_timeout)
+                    .unwrap_or_else(|_| app_state.pool.clone()),
+            ));
             let origins = app_state.settings.http.cors_origins.clone();
             let mut cors = Cors::default()
                 .allow_any_method()
@@ -188,6 +199,7 @@ impl Application {
             App::new()
                 .into_utoipa_app()
                 .app_data(app_state.clone())
+                .app_data(reads)
                 .app_data(openapi.clone())
                 .app_data(routes.clone())
                 .app_data(web::QueryConfig::default().error_handler(extract::query_error))
@@ -201,6 +213,7 @@ impl Application {
                 })
                 .into_app()
         })
+        .workers(workers)
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(shutdown_timeout)

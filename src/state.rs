@@ -47,6 +47,35 @@ impl AppState {
 
 pub type State = web::Data<AppState>;
 
+/// The pool of one HTTP worker thread, for the reads its handlers make: its
+/// connections are driven by the same thread, so a read does not hop threads.
+pub struct ReadPool(pub Pool);
+
+/// A pooled connection from the worker's read pool.
+pub struct Db(pub deadpool_postgres::Object);
+
+impl actix_web::FromRequest for Db {
+    type Error = ApiError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let pool = req
+            .app_data::<web::Data<ReadPool>>()
+            .map(|p| p.0.clone())
+            .or_else(|| {
+                req.app_data::<web::Data<AppState>>()
+                    .map(|s| s.pool.clone())
+            });
+        // (Tests that build an app without the worker pools use the shared one.)
+        Box::pin(async move {
+            let pool =
+                pool.ok_or_else(|| ApiError::internal(anyhow::anyhow!("no database pool")))?;
+            let client = pool.get().await.map_err(actors::Error::from)?;
+            Ok(Db(client))
+        })
+    }
+}
+
 pub fn shared(state: AppState) -> Arc<AppState> {
     Arc::new(state)
 }

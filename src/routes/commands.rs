@@ -22,7 +22,7 @@ use crate::extract::{path_uuid, JsonBody, RequestBody};
 use crate::idempotency::{self as idem, Begun};
 use crate::settings::AuthMode;
 use crate::settings::LimitsSettings;
-use crate::state::State;
+use crate::state::{Db, State};
 use crate::tenant::Ctx;
 use crate::validation::{json_object, to_api};
 
@@ -203,12 +203,12 @@ fn render_accepted(a: &Accepted) -> Recorded {
 #[get("/commands/{correlationId}")]
 pub async fn get_command(
     ctx: Ctx,
-    state: State,
     path: web::Path<String>,
+    db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let correlation_id = path_uuid("correlationId", &path)?;
     let tenant = ctx.tenant(None)?;
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
     let c = sql::get_by_correlation(&client, tenant.as_str(), correlation_id)
         .await?
         .ok_or_else(|| ApiError::not_found("command"))?;

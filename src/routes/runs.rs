@@ -20,7 +20,7 @@ use crate::extract::{path_uuid, JsonBody, RequestBody};
 use crate::idempotency::{self as idem, Begun};
 use crate::page::{Page, PageRequest};
 use crate::settings::LimitsSettings;
-use crate::state::State;
+use crate::state::{Db, State};
 use crate::tenant::Ctx;
 use crate::validation::{self as rules, to_api};
 
@@ -344,8 +344,8 @@ pub async fn finish_run(
 #[get("/runs")]
 pub async fn list_runs(
     ctx: Ctx,
-    state: State,
     query: web::Query<ListRunsQuery>,
+    db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let tenant = ctx.tenant(q.tenant_id.as_deref())?;
@@ -375,7 +375,7 @@ pub async fn list_runs(
         from,
         to,
     };
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
     let rows = sql::list_runs(
         &client,
         tenant.as_str(),
@@ -398,14 +398,10 @@ pub async fn list_runs(
     )
 )]
 #[get("/runs/{runId}")]
-pub async fn get_run(
-    ctx: Ctx,
-    state: State,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_run(ctx: Ctx, path: web::Path<String>, db: Db) -> Result<HttpResponse, ApiError> {
     let run_id = path_uuid("runId", &path)?;
     let tenant = ctx.tenant(None)?;
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
     let run = sql::get_run(&client, run_id)
         .await?
         .filter(|r| r.tenant_id == tenant.as_str())

@@ -20,7 +20,7 @@ use crate::extract::{no_nul, path_uuid, path_version, JsonBody, RequestBody};
 use crate::idempotency::{self as idem, Begun};
 use crate::page::{Page, PageRequest};
 use crate::settings::LimitsSettings;
-use crate::state::State;
+use crate::state::{Db, State};
 use crate::tenant::Ctx;
 use crate::validation::{self as rules, double_option, to_api, Fields};
 
@@ -255,9 +255,12 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn script_of(state: &State, tenant: &str, id: uuid::Uuid) -> Result<Script, ApiError> {
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
-    sql::get_script(&client, tenant, id)
+async fn script_of(
+    client: &deadpool_postgres::Object,
+    tenant: &str,
+    id: uuid::Uuid,
+) -> Result<Script, ApiError> {
+    sql::get_script(client, tenant, id)
         .await?
         .ok_or_else(|| ApiError::not_found("script"))
 }
@@ -352,8 +355,8 @@ fn render_created_version(v: &Version) -> Recorded {
 #[get("/scripts")]
 pub async fn list_scripts(
     ctx: Ctx,
-    state: State,
     query: web::Query<ListScriptsQuery>,
+    db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let tenant = ctx.tenant(query.tenant_id.as_deref())?;
@@ -379,7 +382,7 @@ pub async fn list_scripts(
         slug: query.slug.clone(),
         status: query.status,
     };
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
     let rows = sql::list_scripts(
         &client,
         tenant.as_str(),
@@ -406,13 +409,13 @@ pub async fn list_scripts(
 #[get("/scripts/{id}")]
 pub async fn get_script(
     ctx: Ctx,
-    state: State,
     req: HttpRequest,
     path: web::Path<String>,
+    db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;
     let tenant = ctx.tenant(None)?;
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
     let (script, active_version) = sql::get_script_view(&client, tenant.as_str(), id)
         .await?
         .ok_or_else(|| ApiError::not_found("script"))?;
@@ -578,9 +581,9 @@ pub async fn publish_version(
 #[get("/scripts/{id}/versions")]
 pub async fn list_versions(
     ctx: Ctx,
-    state: State,
     path: web::Path<String>,
     query: web::Query<PageQuery>,
+    db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;
     let tenant = ctx.tenant(None)?;
@@ -589,8 +592,8 @@ pub async fn list_versions(
         query.cursor.as_deref(),
         &["versions", &id.to_string()],
     )?;
-    let script = script_of(&state, tenant.as_str(), id).await?;
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
+    let script = script_of(&client, tenant.as_str(), id).await?;
     let rows = sql::list_versions(
         &client,
         id,
@@ -616,14 +619,14 @@ pub async fn list_versions(
 #[get("/scripts/{id}/versions/{version}")]
 pub async fn get_version(
     ctx: Ctx,
-    state: State,
     path: web::Path<(String, String)>,
+    db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path.0)?;
     let version = path_version(&path.1)?;
     let tenant = ctx.tenant(None)?;
-    let script = script_of(&state, tenant.as_str(), id).await?;
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
+    let script = script_of(&client, tenant.as_str(), id).await?;
     let v = sql::get_version(&client, id, version, script.active_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("version"))?;
@@ -643,9 +646,9 @@ pub async fn get_version(
 #[get("/scripts/{id}/audit")]
 pub async fn list_audit(
     ctx: Ctx,
-    state: State,
     path: web::Path<String>,
     query: web::Query<PageQuery>,
+    db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;
     let tenant = ctx.tenant(None)?;
@@ -654,8 +657,8 @@ pub async fn list_audit(
         query.cursor.as_deref(),
         &["audit", &id.to_string()],
     )?;
-    script_of(&state, tenant.as_str(), id).await?;
-    let client = state.pool.get().await.map_err(actors::Error::from)?;
+    let client = db.0;
+    script_of(&client, tenant.as_str(), id).await?;
     let rows = sql::list_audit(&client, id, page.after_time()?, page.fetch()).await?;
     Ok(HttpResponse::Ok().json(page.finish(rows, |a| Key::time(a.created_at, a.id))))
 }
