@@ -674,38 +674,50 @@ async fn event_append(env: &Env, args: &Args) -> Result<Row> {
 
 async fn audit_depth(env: &Env, args: &Args) -> Result<Row> {
     eprintln!(
-        "audit-depth: first page of 50 on 1,000 and {} rows",
+        "audit-depth: first page of 50 on 1,000 and {} rows, and a page half-way down",
         args.deep_rows
     );
-    let mut p50 = Vec::new();
-    for n in [SHALLOW, DEEP] {
-        let path = format!("/scripts/{}/audit?limit=50", script_id(n));
+    let median = |path: String| async move {
+        let mut conn = RawConn::new(env.base.trim_start_matches("http://"));
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         for i in 0..300 {
             let t0 = Instant::now();
-            let res = env
-                .http
-                .get(env.url(&path))
-                .bearer_auth("bench")
-                .header("x-tenant-id", TENANT)
-                .send()
-                .await?;
-            let _ = res.bytes().await?;
+            if conn.send("GET", &path, b"").await != 200 {
+                bail!("GET {path} failed");
+            }
             if i >= 50 {
                 let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
             }
         }
-        p50.push(hist.value_at_quantile(0.5) as f64 / 1000.0);
-    }
+        Ok::<f64, anyhow::Error>(hist.value_at_quantile(0.5) as f64 / 1000.0)
+    };
+    let shallow = median(format!("/scripts/{}/audit?limit=50", script_id(SHALLOW))).await?;
+    let deep = median(format!("/scripts/{}/audit?limit=50", script_id(DEEP))).await?;
+    // A cursor half-way down the deep script's trail, made as the API makes them.
+    let db = env.sql().await?;
+    let row = db
+        .query_one(
+            "SELECT created_at, id FROM script_audit_logs WHERE script_id = $1::text::uuid \
+             ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 1",
+            &[&script_id(DEEP), &((args.deep_rows / 2) as i64)],
+        )
+        .await?;
+    let key = actors::pagination::Key::time(row.get(0), row.get(1));
+    let filters = actors::pagination::filter_hash(&["audit", &script_id(DEEP)]);
+    let cursor = actors::pagination::encode(key, &filters);
+    let middle = median(format!(
+        "/scripts/{}/audit?limit=50&cursor={cursor}",
+        script_id(DEEP)
+    ))
+    .await?;
     Ok(Row {
         scenario: "audit-depth".into(),
-        p50: Some(p50[1]),
+        p50: Some(deep),
         note: format!(
-            "p50 {:.2} ms at 1,000 rows, {:.2} ms at {} rows: ratio {:.2}",
-            p50[0],
-            p50[1],
+            "p50 {shallow:.2} ms at 1,000 rows, {deep:.2} ms at {} rows (ratio {:.2}); {middle:.2} ms for the page after row {}",
             args.deep_rows,
-            p50[1] / p50[0]
+            deep / shallow,
+            args.deep_rows / 2
         ),
         ..Row::default()
     })

@@ -29,6 +29,16 @@ pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(t)
 }
 
+/// The keyset position before the first row of a newest-first list: later
+/// than any row. (A bound, not `$x IS NULL OR …`, so that the same plan serves
+/// every page and the index bounds the scan however deep the page.)
+pub fn keyset_start() -> (DateTime<Utc>, uuid::Uuid) {
+    let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now() + TimeDelta::days(36_500));
+    (far, uuid::Uuid::max())
+}
+
 /// Builds a connection pool. Connecting and waiting for a free connection are
 /// both bounded by `connect_timeout`, so that an unreachable database answers
 /// quickly instead of hanging.

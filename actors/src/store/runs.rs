@@ -200,11 +200,11 @@ pub async fn list_runs(
                AND ($3::text IS NULL OR status = $3) \
                AND ($4::timestamptz IS NULL OR started_at >= $4) \
                AND ($5::timestamptz IS NULL OR started_at < $5) \
-               AND ($6::timestamptz IS NULL OR (started_at, id) < ($6, $7)) \
+               AND (started_at, id) < ($6, $7) \
              ORDER BY started_at DESC, id DESC LIMIT $8"
         ))
         .await?;
-    let (t, id) = after.unzip();
+    let (t, id) = after.unwrap_or_else(super::keyset_start);
     let rows = client
         .query(
             &stmt,

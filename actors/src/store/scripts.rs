@@ -435,11 +435,11 @@ pub async fn list_scripts(
                AND ($2::text IS NULL OR name ILIKE '%' || $2 || '%' OR slug ILIKE '%' || $2 || '%') \
                AND ($3::text IS NULL OR slug = $3) \
                AND ($4::text IS NULL OR status = $4) \
-               AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6)) \
+               AND (created_at, id) < ($5, $6) \
              ORDER BY created_at DESC, id DESC LIMIT $7"
         ))
         .await?;
-    let (t, id) = after.unzip();
+    let (t, id) = after.unwrap_or_else(super::keyset_start);
     let rows = client
         .query(
             &stmt,
@@ -468,10 +468,11 @@ pub async fn list_versions(
     let stmt = client
         .prepare_cached(
             "SELECT id, script_id, version, changelog, is_published, created_by_id, created_at \
-             FROM script_versions WHERE script_id = $1 AND ($2::int4 IS NULL OR version < $2) \
+             FROM script_versions WHERE script_id = $1 AND version < $2 \
              ORDER BY version DESC LIMIT $3",
         )
         .await?;
+    let before = before.unwrap_or(i32::MAX);
     let rows = client.query(&stmt, &[&script_id, &before, &limit]).await?;
     Ok(rows
         .iter()
@@ -502,11 +503,11 @@ pub async fn list_audit(
         .prepare_cached(
             "SELECT id, script_id, action, version, actor_id, diff_json, note, created_at \
              FROM script_audit_logs WHERE script_id = $1 \
-               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+               AND (created_at, id) < ($2, $3) \
              ORDER BY created_at DESC, id DESC LIMIT $4",
         )
         .await?;
-    let (t, id) = after.unzip();
+    let (t, id) = after.unwrap_or_else(super::keyset_start);
     let rows = client.query(&stmt, &[&script_id, &t, &id, &limit]).await?;
     Ok(rows
         .iter()
