@@ -648,3 +648,37 @@ async fn metrics_speak_prometheus() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn a_5xx_frees_the_key() {
+    let app = spawn_app().await;
+    let s = create_script(&app, "fivexx").await;
+    let id = s["id"].as_str().unwrap();
+    let path = format!("/scripts/{id}/versions");
+    let db = app.db().await;
+    // Make the write itself fail inside PostgreSQL: a 500, not a refusal.
+    db.batch_execute(
+        "ALTER TABLE script_versions ADD CONSTRAINT test_fail CHECK (false) NOT VALID",
+    )
+    .await
+    .unwrap();
+    let res = keyed(&app, &path, "retry-me", &version_body()).await;
+    assert!(res.headers().contains_key("idempotency-ttl"));
+    assert_error(res, 500, "INTERNAL").await;
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM idempotency_keys WHERE key = 'retry-me'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the key was not freed");
+    db.batch_execute("ALTER TABLE script_versions DROP CONSTRAINT test_fail")
+        .await
+        .unwrap();
+    // The retry is a first attempt again, not a replay of the 500.
+    let res = keyed(&app, &path, "retry-me", &version_body()).await;
+    assert!(res.headers().get("idempotent-replayed").is_none());
+    assert_eq!(json_of(res, 201).await["version"], 1);
+}
