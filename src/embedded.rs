@@ -204,10 +204,6 @@ impl EmbeddedPostgres {
         )
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     /// The postmaster's pid, from `postmaster.pid`.
     pub fn pid(&self) -> Option<i32> {
         read_postmaster_pid(&self.data_dir)

@@ -75,7 +75,3 @@ impl actix_web::FromRequest for Db {
         })
     }
 }
-
-pub fn shared(state: AppState) -> Arc<AppState> {
-    Arc::new(state)
-}

@@ -219,10 +219,6 @@ impl<A: Actor> Registry<A> {
         self.slots().get(&key).is_some_and(|s| s.addr.connected())
     }
 
-    pub fn addr(&self, key: Uuid) -> Option<Addr<A>> {
-        self.slots().get(&key).map(|s| s.addr.clone())
-    }
-
     pub fn counts(&self) -> KindCounts {
         let live = self.slots().values().filter(|s| s.addr.connected()).count() as u64;
         KindCounts {
