@@ -249,6 +249,9 @@ impl<A: Actor> Registry<A> {
     }
 }
 
+/// How long an actor whose key names nothing stays.
+const UNKNOWN_KEY_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a keyed actor stops, when it stops on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -283,6 +286,12 @@ impl<A: Actor> Lifecycle<A> {
             idle,
             stop_reason: None,
         }
+    }
+
+    /// The actor's key names nothing (a mistyped or guessed id): passivate it
+    /// soon, so that requests for random ids cannot pile up idle actors.
+    pub fn key_unknown(&mut self) {
+        self.idle = self.idle.min(UNKNOWN_KEY_IDLE);
     }
 
     /// How often to look for idleness.

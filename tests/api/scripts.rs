@@ -1022,3 +1022,33 @@ async fn a_failed_actor_is_restarted_and_the_next_request_succeeds() {
         2
     );
 }
+
+#[actix_web::test]
+async fn actors_for_ids_that_name_nothing_do_not_linger() {
+    let app = spawn_app().await; // actors.idle_secs is the default 300 s
+    let ghost = uuid::Uuid::now_v7();
+    let res = app
+        .post(
+            &format!("/scripts/{ghost}/versions"),
+            &json!({ "graphJson": graph() }),
+        )
+        .await;
+    assert_error(res, 404, "NOT_FOUND").await;
+    let registry = app.state.scripts.registry().clone();
+    eventually(Duration::from_secs(10), || async {
+        (!registry.is_live(ghost)).then_some(())
+    })
+    .await;
+    let runs = app.state.runs.registry().clone();
+    let res = app
+        .post(
+            &format!("/runs/{ghost}/vars"),
+            &json!([{ "key": "a", "strVal": "x" }]),
+        )
+        .await;
+    assert_error(res, 404, "NOT_FOUND").await;
+    eventually(Duration::from_secs(10), || async {
+        (!runs.is_live(ghost)).then_some(())
+    })
+    .await;
+}

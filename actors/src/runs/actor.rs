@@ -91,6 +91,9 @@ impl RunActor {
             .map(|res, act, ctx| {
                 match res {
                     Ok(run) => {
+                        if run.is_none() {
+                            act.key_unknown(ctx);
+                        }
                         act.known = run.map(|r| {
                             act.meta.set_tenant(&r.tenant_id);
                             Known {
@@ -364,16 +367,30 @@ async fn write(pool: &Pool, id: Uuid, items: &[&VarUpsert]) -> Result<Option<Vec
     })
 }
 
+impl RunActor {
+    fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() && !self.flushing && self.life.idle_expired() {
+            self.life.stop_reason = Some(StopReason::Idle);
+            ctx.stop();
+        }
+    }
+
+    /// The key names nothing: look again once the short idle period is over.
+    fn key_unknown(&mut self, ctx: &mut Context<Self>) {
+        self.life.key_unknown();
+        ctx.run_later(self.life.idle + Duration::from_millis(100), |act, ctx| {
+            act.passivate_if_idle(ctx)
+        });
+    }
+}
+
 impl Actor for RunActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load(ctx);
         ctx.run_interval(self.life.check_interval(), |act, ctx| {
-            if act.queue.is_empty() && !act.flushing && act.life.idle_expired() {
-                act.life.stop_reason = Some(StopReason::Idle);
-                ctx.stop();
-            }
+            act.passivate_if_idle(ctx)
         });
     }
 

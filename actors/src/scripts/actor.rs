@@ -82,17 +82,18 @@ impl ScriptActor {
         ctx.wait(
             async move {
                 let client = pool.get().await.map_err(Error::from)?;
-                if let Some(s) = sql::load_script(&client, id).await? {
+                let script = sql::load_script(&client, id).await?;
+                if let Some(s) = &script {
                     meta.set_tenant(&s.tenant_id);
                 }
-                Ok::<_, Error>(())
+                Ok::<_, Error>(script.is_some())
             }
             .into_actor(self)
-            .map(|res, act, _| {
-                if let Err(e) = res {
-                    // Not fatal: every mutation reads the row again.
-                    tracing::warn!(script = %act.id, error = %e, "loading the script failed");
-                }
+            .map(|res, act, ctx| match res {
+                Ok(true) => {}
+                Ok(false) => act.key_unknown(ctx),
+                // Not fatal: every mutation reads the row again.
+                Err(e) => tracing::warn!(script = %act.id, error = %e, "loading the script failed"),
             }),
         );
     }
@@ -177,16 +178,30 @@ async fn commit_versions(
     }
 }
 
+impl ScriptActor {
+    fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() && !self.flushing && self.life.idle_expired() {
+            self.life.stop_reason = Some(StopReason::Idle);
+            ctx.stop();
+        }
+    }
+
+    /// The key names nothing: look again once the short idle period is over.
+    fn key_unknown(&mut self, ctx: &mut Context<Self>) {
+        self.life.key_unknown();
+        ctx.run_later(self.life.idle + Duration::from_millis(100), |act, ctx| {
+            act.passivate_if_idle(ctx)
+        });
+    }
+}
+
 impl Actor for ScriptActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load(ctx);
         ctx.run_interval(self.life.check_interval(), |act, ctx| {
-            if act.queue.is_empty() && !act.flushing && act.life.idle_expired() {
-                act.life.stop_reason = Some(StopReason::Idle);
-                ctx.stop();
-            }
+            act.passivate_if_idle(ctx)
         });
     }
 
