@@ -431,8 +431,13 @@ async fn notify_wakes_the_outbox_long_before_the_poll_interval() {
     })
     .await;
     let mut s = app.sse(TENANT, "").await;
-    // The first poll at start finds nothing; the command then wakes it by NOTIFY.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The polls at start (the actor's first, the listener's after it connects)
+    // find nothing; the command then wakes the outbox by NOTIFY.
+    let stats = app.outbox().stats.clone();
+    eventually(WAIT, || async {
+        (stats.polls.load(Ordering::Relaxed) >= 2).then_some(())
+    })
+    .await;
     let cid = post_command(&app, TENANT, upsert_and_link()).await["correlationId"].clone();
     let ev = s.next(WAIT).await.unwrap();
     assert_eq!(ev.json()["correlationId"], cid);

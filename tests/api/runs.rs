@@ -509,6 +509,8 @@ async fn no_upsert_is_acknowledged_after_the_finish() {
     let script = published_script(&app, "race").await;
     let run = start_run(&app, &script).await;
     let started = Instant::now();
+    let acknowledged = std::sync::atomic::AtomicUsize::new(0);
+    let acknowledged = &acknowledged;
     let mut tasks = Vec::new();
     for c in 0..32 {
         let reqs: Vec<_> = (0..10)
@@ -522,13 +524,20 @@ async fn no_upsert_is_acknowledged_after_the_finish() {
             for (seq, req) in reqs.into_iter().enumerate() {
                 let sent = started.elapsed();
                 let status = req.send().await.unwrap().status().as_u16();
+                if status == 200 {
+                    acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 out.push((format!("k{c}-{seq}"), status, sent, started.elapsed()));
             }
             out
         });
     }
     let finisher = async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Finish while upserts are in full flow: after some were acknowledged.
+        eventually(WAIT, || async {
+            (acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
+        })
+        .await;
         let res = app
             .post(
                 &format!("/runs/{run}/finish"),
