@@ -336,3 +336,35 @@ impl<A: Actor> Lifecycle<A> {
         self.registry.reinstate(self.id, addr, self.meta.clone());
     }
 }
+
+/// What a keyed actor provides so that its idle passivation is shared.
+pub trait Passivating: Actor<Context = actix::Context<Self>> {
+    fn life(&mut self) -> &mut Lifecycle<Self>;
+
+    /// Work queued or in flight: never passivate then.
+    fn busy(&self) -> bool;
+
+    /// From `started`: look for idleness periodically.
+    fn watch_idle(&mut self, ctx: &mut actix::Context<Self>) {
+        use actix::AsyncContext;
+        ctx.run_interval(self.life().check_interval(), |act, ctx| {
+            act.passivate_if_idle(ctx)
+        });
+    }
+
+    fn passivate_if_idle(&mut self, ctx: &mut actix::Context<Self>) {
+        use actix::ActorContext;
+        if !self.busy() && self.life().idle_expired() {
+            self.life().stop_reason = Some(StopReason::Idle);
+            ctx.stop();
+        }
+    }
+
+    /// The key names nothing: passivate once the short idle period is over.
+    fn key_unknown(&mut self, ctx: &mut actix::Context<Self>) {
+        use actix::AsyncContext;
+        self.life().key_unknown();
+        let after = self.life().idle + std::time::Duration::from_millis(100);
+        ctx.run_later(after, |act, ctx| act.passivate_if_idle(ctx));
+    }
+}

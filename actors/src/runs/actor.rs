@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::domain::TenantId;
 use crate::error::{Error, Result};
 use crate::events::EventPublisher;
-use crate::registry::{ActorMeta, Lifecycle, Registry, StopReason};
+use crate::registry::{ActorMeta, Lifecycle, Passivating, Registry, StopReason};
 use crate::runs::model::{Run, RunStatus, RunVariable, VarUpsert};
 use crate::runs::ops::{self, run_finished};
 use crate::store::{self, runs as sql};
@@ -65,10 +65,8 @@ struct Known {
 }
 
 pub struct RunActor {
-    id: Uuid,
     pool: Pool,
     publisher: EventPublisher,
-    meta: Arc<ActorMeta>,
     life: Lifecycle<RunActor>,
     queue_max: usize,
     queue: VecDeque<Pending>,
@@ -81,7 +79,7 @@ impl RunActor {
     fn load(&mut self, ctx: &mut Context<Self>) {
         self.loaded = false;
         let pool = self.pool.clone();
-        let id = self.id;
+        let id = self.life.id;
         ctx.wait(
             async move {
                 let client = pool.get().await?;
@@ -95,7 +93,7 @@ impl RunActor {
                             act.key_unknown(ctx);
                         }
                         act.known = run.map(|r| {
-                            act.meta.set_tenant(&r.tenant_id);
+                            act.life.meta.set_tenant(&r.tenant_id);
                             Known {
                                 tenant: r.tenant_id,
                                 finished: r.status != RunStatus::Running,
@@ -104,7 +102,9 @@ impl RunActor {
                         act.loaded = true;
                     }
                     // Not loaded: the next message tries again.
-                    Err(e) => tracing::warn!(run = %act.id, error = %e, "loading the run failed"),
+                    Err(e) => {
+                        tracing::warn!(run = %act.life.id, error = %e, "loading the run failed")
+                    }
                 }
                 act.flush(ctx);
             }),
@@ -159,7 +159,7 @@ impl RunActor {
         };
         self.flushing = true;
         let pool = self.pool.clone();
-        let id = self.id;
+        let id = self.life.id;
         match first {
             Pending::Upsert(m, tx) => {
                 let mut batch = vec![(m, tx)];
@@ -229,12 +229,12 @@ impl RunActor {
 
     fn done(&mut self, ctx: &mut Context<Self>) {
         self.flushing = false;
-        self.meta.touch();
+        self.life.meta.touch();
         self.flush(ctx);
     }
 
     fn enqueue(&mut self, item: Pending, ctx: &mut Context<Self>) {
-        self.meta.received();
+        self.life.meta.received();
         let upserts = self.queue.len();
         if upserts >= self.queue_max {
             let busy = Error::rejected_with(
@@ -367,20 +367,13 @@ async fn write(pool: &Pool, id: Uuid, items: &[&VarUpsert]) -> Result<Option<Vec
     })
 }
 
-impl RunActor {
-    fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.queue.is_empty() && !self.flushing && self.life.idle_expired() {
-            self.life.stop_reason = Some(StopReason::Idle);
-            ctx.stop();
-        }
+impl Passivating for RunActor {
+    fn life(&mut self) -> &mut Lifecycle<Self> {
+        &mut self.life
     }
 
-    /// The key names nothing: look again once the short idle period is over.
-    fn key_unknown(&mut self, ctx: &mut Context<Self>) {
-        self.life.key_unknown();
-        ctx.run_later(self.life.idle + Duration::from_millis(100), |act, ctx| {
-            act.passivate_if_idle(ctx)
-        });
+    fn busy(&self) -> bool {
+        !self.queue.is_empty() || self.flushing
     }
 }
 
@@ -389,9 +382,7 @@ impl Actor for RunActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load(ctx);
-        ctx.run_interval(self.life.check_interval(), |act, ctx| {
-            act.passivate_if_idle(ctx)
-        });
+        self.watch_idle(ctx);
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
@@ -433,9 +424,9 @@ impl Handler<InjectFailure> for RunActor {
     type Result = ();
 
     fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) {
-        self.meta.received();
+        self.life.meta.received();
         if msg.panic {
-            panic!("injected failure in run actor {}", self.id);
+            panic!("injected failure in run actor {}", self.life.id);
         }
         self.life.stop_reason = Some(StopReason::Failure);
         ctx.stop();
@@ -478,10 +469,8 @@ impl Runs {
         let queue_max = self.queue_max;
         move |meta| {
             Supervisor::start(move |_| RunActor {
-                id,
                 pool,
                 publisher,
-                meta: meta.clone(),
                 life: Lifecycle::new(id, meta, registry, idle),
                 queue_max,
                 queue: VecDeque::new(),

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::registry::{ActorMeta, Lifecycle, Registry, StopReason};
+use crate::registry::{ActorMeta, Lifecycle, Passivating, Registry, StopReason};
 use crate::scripts::model::{ScriptView, Version};
 use crate::scripts::ops::{self, PatchRequest, PublishRequest, VersionRequest};
 use crate::store::scripts as sql;
@@ -47,9 +47,7 @@ enum Pending {
 }
 
 pub struct ScriptActor {
-    id: Uuid,
     pool: Pool,
-    meta: Arc<ActorMeta>,
     life: Lifecycle<ScriptActor>,
     queue: VecDeque<Pending>,
     flushing: bool,
@@ -64,9 +62,7 @@ impl ScriptActor {
         idle: Duration,
     ) -> Self {
         ScriptActor {
-            id,
             pool,
-            meta: meta.clone(),
             life: Lifecycle::new(id, meta, registry, idle),
             queue: VecDeque::new(),
             flushing: false,
@@ -77,8 +73,8 @@ impl ScriptActor {
     /// The rows themselves are re-read under a row lock by every mutation.
     fn load(&mut self, ctx: &mut Context<Self>) {
         let pool = self.pool.clone();
-        let id = self.id;
-        let meta = self.meta.clone();
+        let id = self.life.id;
+        let meta = self.life.meta.clone();
         ctx.wait(
             async move {
                 let client = pool.get().await.map_err(Error::from)?;
@@ -93,13 +89,15 @@ impl ScriptActor {
                 Ok(true) => {}
                 Ok(false) => act.key_unknown(ctx),
                 // Not fatal: every mutation reads the row again.
-                Err(e) => tracing::warn!(script = %act.id, error = %e, "loading the script failed"),
+                Err(e) => {
+                    tracing::warn!(script = %act.life.id, error = %e, "loading the script failed")
+                }
             }),
         );
     }
 
     fn enqueue(&mut self, item: Pending, ctx: &mut Context<Self>) {
-        self.meta.received();
+        self.life.meta.received();
         self.queue.push_back(item);
         self.flush(ctx);
     }
@@ -112,7 +110,7 @@ impl ScriptActor {
         }
         self.flushing = true;
         let pool = self.pool.clone();
-        let id = self.id;
+        let id = self.life.id;
         let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> =
             match self.queue.pop_front() {
                 Some(Pending::Create(first, tx)) => {
@@ -139,7 +137,7 @@ impl ScriptActor {
             };
         ctx.spawn(fut.into_actor(self).map(|(), act, ctx| {
             act.flushing = false;
-            act.meta.touch();
+            act.life.meta.touch();
             act.flush(ctx);
         }));
     }
@@ -178,20 +176,13 @@ async fn commit_versions(
     }
 }
 
-impl ScriptActor {
-    fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.queue.is_empty() && !self.flushing && self.life.idle_expired() {
-            self.life.stop_reason = Some(StopReason::Idle);
-            ctx.stop();
-        }
+impl Passivating for ScriptActor {
+    fn life(&mut self) -> &mut Lifecycle<Self> {
+        &mut self.life
     }
 
-    /// The key names nothing: look again once the short idle period is over.
-    fn key_unknown(&mut self, ctx: &mut Context<Self>) {
-        self.life.key_unknown();
-        ctx.run_later(self.life.idle + Duration::from_millis(100), |act, ctx| {
-            act.passivate_if_idle(ctx)
-        });
+    fn busy(&self) -> bool {
+        !self.queue.is_empty() || self.flushing
     }
 }
 
@@ -200,9 +191,7 @@ impl Actor for ScriptActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load(ctx);
-        ctx.run_interval(self.life.check_interval(), |act, ctx| {
-            act.passivate_if_idle(ctx)
-        });
+        self.watch_idle(ctx);
     }
 
     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
@@ -254,11 +243,11 @@ impl Handler<InjectFailure> for ScriptActor {
     type Result = ();
 
     fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) {
-        self.meta.received();
+        self.life.meta.received();
         if msg.panic {
-            panic!("injected failure in script actor {}", self.id);
+            panic!("injected failure in script actor {}", self.life.id);
         }
-        tracing::warn!(script = %self.id, "injected failure: stopping");
+        tracing::warn!(script = %self.life.id, "injected failure: stopping");
         self.life.stop_reason = Some(StopReason::Failure);
         ctx.stop();
     }
