@@ -263,6 +263,47 @@ async fn invalid_variables_answer_400_with_the_item_named() {
     .await;
 }
 
+/// The database holds the key rule too (a second process, or a fix by hand,
+/// cannot store what the API refuses), and it is the API's rule exactly.
+#[actix_web::test]
+async fn the_database_refuses_the_keys_the_api_refuses() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "keys").await;
+    let run = start_run(&app, &script).await;
+    let db = app.db().await;
+    let run_id: uuid::Uuid = run.parse().unwrap();
+    let insert = "INSERT INTO run_variables (run_id, key, bool_val, updated_at) VALUES ($1, $2, true, now())";
+    let longest = "k".repeat(200);
+    for good in ["a", "A.b:c-d_9", longest.as_str()] {
+        db.execute(insert, &[&run_id, &good])
+            .await
+            .unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        assert_eq!(
+            json_of(
+                upsert(&app, &run, json!([{ "key": good, "boolVal": false }])).await,
+                200
+            )
+            .await["upserted"],
+            1
+        );
+    }
+    let too_long = "k".repeat(201);
+    for bad in ["", "a b", "é", "a\nb", "a/b", too_long.as_str()] {
+        let err = db.execute(insert, &[&run_id, &bad]).await.expect_err(bad);
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{bad:?}: {err}"
+        );
+        assert_error(
+            upsert(&app, &run, json!([{ "key": bad, "boolVal": true }])).await,
+            400,
+            "VALIDATION_FAILED",
+        )
+        .await;
+    }
+}
+
 #[actix_web::test]
 async fn finish_ends_the_run_and_refuses_later_writes() {
     let app = spawn_app().await;
