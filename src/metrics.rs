@@ -20,6 +20,7 @@ pub struct Metrics {
     outbox_oldest: Gauge,
     sse_sessions: IntGauge,
     events: IntGauge,
+    var_writes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -73,7 +74,16 @@ impl Metrics {
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(outbox_oldest.clone()))?;
         registry.register(Box::new(sse_sessions.clone()))?;
+        let var_writes = IntGaugeVec::new(
+            Opts::new(
+                "var_writer",
+                "Run variable writer: queued run batches, and since start: statements, \
+                 rows, failed groups retried run by run",
+            ),
+            &["what"],
+        )?;
         registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(var_writes.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -85,6 +95,7 @@ impl Metrics {
             outbox_oldest,
             sse_sessions,
             events,
+            var_writes,
         })
     }
 
@@ -152,6 +163,17 @@ impl Metrics {
                 .fetched
                 .load(std::sync::atomic::Ordering::Relaxed) as i64,
         );
+        let w = state.runs.writer_stats();
+        for (what, v) in [
+            ("queued", &w.queued),
+            ("statements", &w.statements),
+            ("rows", &w.rows),
+            ("group_retries", &w.group_retries),
+        ] {
+            self.var_writes
+                .with_label_values(&[what])
+                .set(v.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -109,6 +109,7 @@ pub struct LimitsSettings {
 pub struct ActorsSettings {
     pub idle_secs: u64,
     pub run_queue_max: usize,
+    pub var_write_statements: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -150,6 +150,7 @@ impl Application {
             publisher.clone(),
             Duration::from_secs(settings.actors.idle_secs),
             settings.actors.run_queue_max,
+            settings.actors.var_write_statements,
         );
         let state = web::Data::new(AppState {
             settings: std::sync::Arc::new(settings),

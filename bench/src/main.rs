@@ -468,6 +468,16 @@ INSERT INTO run_variables (run_id, key, num_val, updated_at) VALUES (('00000000-
     http_scenario(env, args, "vars", op, Some(script)).await
 }
 
+/// `GET /healthz`: no database, no body to parse. The most requests scriptd
+/// answers on this machine with this load generator: a ceiling for every
+/// HTTP scenario.
+async fn http_floor(env: &Env, args: &Args) -> Result<Row> {
+    let op = move |_, _| ("GET", "/healthz".to_string(), Vec::new(), 200);
+    let mut row = http_scenario(env, args, "http-floor", op, None).await?;
+    row.note = "GET /healthz: HTTP alone, no database".into();
+    Ok(row)
+}
+
 async fn read(env: &Env, args: &Args) -> Result<Row> {
     let path = format!("/scripts/{}", script_id(1));
     let op = move |_, _| ("GET", path.clone(), Vec::new(), 200);
@@ -834,6 +844,9 @@ async fn main() -> Result<()> {
     }
     if want("vars") {
         rows.push(vars(&env, &args).await?);
+    }
+    if want("http-floor") {
+        rows.push(http_floor(&env, &args).await?);
     }
     if want("read") {
         rows.push(read(&env, &args).await?);

@@ -762,3 +762,128 @@ async fn run_events_reach_the_stream_of_the_run() {
         vec!["Run.Started.v1", "Run.VarsUpserted.v1", "Run.Finished.v1"]
     );
 }
+
+async fn writer_stat(app: &TestApp, what: &str) -> i64 {
+    let text = app
+        .raw(Method::GET, "/metrics")
+        .bearer_auth("dev-admin")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("scriptd_var_writer{{what=\"{what}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
+/// Messages waiting in a run actor (its mailbox and its queue).
+async fn run_mailbox(app: &TestApp, run: &str) -> i64 {
+    let res = app
+        .raw(Method::GET, "/admin/actors?kind=run")
+        .bearer_auth("dev-admin")
+        .send()
+        .await
+        .unwrap();
+    json_of(res, 200).await["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == run)
+        .map_or(0, |a| a["mailbox"].as_i64().unwrap())
+}
+
+/// One bad request fails alone: the writer retries a failed group statement
+/// run by run, and a run actor retries a failed batch request by request.
+#[actix_web::test]
+async fn a_failing_write_fails_only_its_own_request() {
+    let app = spawn_app_with(|s| s.actors.var_write_statements = 1).await;
+    let script = published_script(&app, "poison").await;
+    let (a, b, c) = (
+        start_run(&app, &script).await,
+        start_run(&app, &script).await,
+        start_run(&app, &script).await,
+    );
+    let mut db = app.db().await;
+    db.batch_execute(
+        "ALTER TABLE run_variables ADD CONSTRAINT test_poison CHECK (key <> 'poison') NOT VALID",
+    )
+    .await
+    .unwrap();
+    let send = |run: &str, key: &str| {
+        tokio::spawn(
+            app.req(Method::POST, &format!("/runs/{run}/vars"))
+                .json(&json!([{ "key": key, "strVal": format!("{run}/{key}") }]))
+                .send(),
+        )
+    };
+    let waiting = |what: &'static str, at_least: i64| {
+        let app = &app;
+        eventually(WAIT, move || async move {
+            (writer_stat(app, what).await >= at_least).then_some(())
+        })
+    };
+
+    // The writer's only statement waits for run A's row...
+    let lock = db.transaction().await.unwrap();
+    let a_id: uuid::Uuid = a.parse().unwrap();
+    lock.execute(
+        "SELECT 1 FROM script_runs WHERE id = $1 FOR UPDATE",
+        &[&a_id],
+    )
+    .await
+    .unwrap();
+    let first = send(&a, "a0");
+    waiting("statements", 1).await;
+    // ...so B's and C's first batches wait for the next statement, together,
+    let b_first = send(&b, "b0");
+    waiting("queued", 1).await;
+    let c_first = send(&c, "poison");
+    waiting("queued", 2).await;
+    // and B's next requests wait in B's actor for its next batch.
+    let b_next: Vec<_> = ["b1", "poison", "b2"].iter().map(|k| send(&b, k)).collect();
+    eventually(WAIT, || async {
+        (run_mailbox(&app, &b).await >= 3).then_some(())
+    })
+    .await;
+    lock.rollback().await.unwrap();
+
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(b_first.await.unwrap().unwrap().status(), 200);
+    assert_error(c_first.await.unwrap().unwrap(), 500, "INTERNAL").await;
+    let statuses: Vec<u16> = futures::future::join_all(b_next)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses, vec![200, 500, 200]);
+    assert!(writer_stat(&app, "group_retries").await >= 1);
+
+    let vars = |run: String| {
+        let app = &app;
+        async move {
+            let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+            got["vars"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["key"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(vars(a.clone()).await, vec!["a0"]);
+    assert_eq!(vars(b.clone()).await, vec!["b0", "b1", "b2"]);
+    assert!(vars(c.clone()).await.is_empty());
+    // The runs stay writable.
+    assert_eq!(
+        json_of(
+            upsert(&app, &c, json!([{ "key": "c1", "boolVal": true }])).await,
+            200
+        )
+        .await["upserted"],
+        1
+    );
+}

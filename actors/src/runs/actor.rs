@@ -18,9 +18,10 @@ use crate::events::EventPublisher;
 use crate::registry::{ActorMeta, Lifecycle, Passivating, Registry, StopReason};
 use crate::runs::model::{Run, RunStatus, RunVariable, VarUpsert};
 use crate::runs::ops::{self, run_finished};
-use crate::store::{self, runs as sql};
+use crate::runs::writer::{self, VarWriter, WriterStats};
+use crate::store::runs as sql;
 
-/// Variable rows written in one statement at most.
+/// Variable rows in one batch at most.
 const MAX_ROWS: usize = 5000;
 
 /// The answer to an upsert: the stored values of the keys it touched.
@@ -66,6 +67,7 @@ struct Known {
 
 pub struct RunActor {
     pool: Pool,
+    writer: VarWriter,
     publisher: EventPublisher,
     life: Lifecycle<RunActor>,
     queue_max: usize,
@@ -146,9 +148,11 @@ impl RunActor {
                     break;
                 }
                 (Err(e), Some(Pending::Upsert(_, tx))) => {
+                    self.life.meta.received();
                     let _ = tx.send(Err(e));
                 }
                 (Err(e), Some(Pending::Finish(_, tx))) => {
+                    self.life.meta.received();
                     let _ = tx.send(Err(e));
                 }
                 (_, None) => break,
@@ -157,6 +161,7 @@ impl RunActor {
         let Some(first) = self.queue.pop_front() else {
             return;
         };
+        self.life.meta.received();
         self.flushing = true;
         let pool = self.pool.clone();
         let id = self.life.id;
@@ -167,6 +172,7 @@ impl RunActor {
                 while rows < MAX_ROWS {
                     match self.queue.pop_front() {
                         Some(Pending::Upsert(m, tx)) if self.admit(&m.tenant).is_ok() => {
+                            self.life.meta.received();
                             rows += m.items.len();
                             batch.push((m, tx));
                         }
@@ -178,13 +184,14 @@ impl RunActor {
                     }
                 }
                 let publisher = self.publisher.clone();
+                let writer = self.writer.clone();
                 let tenant = self
                     .known
                     .as_ref()
                     .map(|k| k.tenant.clone())
                     .unwrap_or_default();
                 ctx.spawn(
-                    commit_upserts(pool, publisher, id, tenant, batch)
+                    commit_upserts(pool, writer, publisher, id, tenant, batch)
                         .into_actor(self)
                         .map(|finished, act, ctx| {
                             if finished {
@@ -233,10 +240,14 @@ impl RunActor {
         self.flush(ctx);
     }
 
+    /// Queues a message. It leaves the actor's mailbox count only when it
+    /// leaves this queue (for a write, or refused), so the depth shown by
+    /// /admin/actors and /metrics includes the upserts waiting for the next
+    /// batch.
     fn enqueue(&mut self, item: Pending, ctx: &mut Context<Self>) {
-        self.life.meta.received();
         let upserts = self.queue.len();
         if upserts >= self.queue_max {
+            self.life.meta.received();
             let busy = Error::rejected_with(
                 crate::ErrorCode::Unavailable,
                 "the run's write queue is full; retry shortly",
@@ -257,12 +268,14 @@ impl RunActor {
     }
 }
 
-/// Merges the batch (last write per key wins, in arrival order), writes it in
-/// one statement, answers every caller after the commit, then appends one
-/// `Run.VarsUpserted.v1` (off the callers' path). A failing batch is retried
-/// request by request. Returns true when the run turned out to be finished.
+/// Merges the batch (last write per key wins, in arrival order), hands it to
+/// the writer (one statement with the batches of other runs), answers every
+/// caller after the commit, then appends one `Run.VarsUpserted.v1` (off the
+/// callers' path). A failing batch is retried request by request. Returns
+/// true when the run turned out to be finished.
 async fn commit_upserts(
     pool: Pool,
+    writer: VarWriter,
     publisher: EventPublisher,
     id: Uuid,
     tenant: String,
@@ -281,7 +294,9 @@ async fn commit_upserts(
             }
         }
     }
-    let outcome = write(&pool, id, &merged).await;
+    let outcome = writer
+        .write(id, merged.iter().map(|i| (*i).clone()).collect())
+        .await;
     let mut written_keys: Vec<String> = Vec::new();
     let mut finished = false;
     match outcome {
@@ -308,7 +323,7 @@ async fn commit_upserts(
             tracing::warn!(run = %id, error = %e, requests = batch.len(), "group upsert failed; retrying one by one");
             for (m, tx) in batch {
                 let items: Vec<&VarUpsert> = m.items.iter().collect();
-                let res = match write(&pool, id, &items).await {
+                let res = match writer::write_run(&pool, id, &items).await {
                     Ok(Some(stored)) => {
                         written_keys.extend(stored.iter().map(|v| v.key.clone()));
                         let by_key: HashMap<&str, &RunVariable> =
@@ -354,17 +369,6 @@ fn answer(m: &UpsertVars, by_key: &HashMap<&str, &RunVariable>) -> Upserted {
         upserted: m.items.len(),
         vars,
     }
-}
-
-/// One statement; `None` when the run is no longer RUNNING.
-async fn write(pool: &Pool, id: Uuid, items: &[&VarUpsert]) -> Result<Option<Vec<RunVariable>>> {
-    let client = pool.get().await?;
-    let stored = sql::upsert_vars(&client, id, items, store::now_ms()).await?;
-    Ok(if stored.is_empty() && !items.is_empty() {
-        None
-    } else {
-        Some(stored)
-    })
 }
 
 impl Passivating for RunActor {
@@ -441,15 +445,23 @@ fn stopped() -> Error {
 pub struct Runs {
     registry: Arc<Registry<RunActor>>,
     pool: Pool,
+    writer: VarWriter,
     publisher: EventPublisher,
     idle: Duration,
     queue_max: usize,
 }
 
 impl Runs {
-    pub fn new(pool: Pool, publisher: EventPublisher, idle: Duration, queue_max: usize) -> Self {
+    pub fn new(
+        pool: Pool,
+        publisher: EventPublisher,
+        idle: Duration,
+        queue_max: usize,
+        write_statements: usize,
+    ) -> Self {
         Runs {
             registry: Arc::new(Registry::new("run")),
+            writer: VarWriter::start(pool.clone(), write_statements),
             pool,
             publisher,
             idle,
@@ -461,8 +473,13 @@ impl Runs {
         &self.registry
     }
 
+    pub fn writer_stats(&self) -> &WriterStats {
+        self.writer.stats()
+    }
+
     fn starter(&self, id: Uuid) -> impl FnOnce(Arc<ActorMeta>) -> Addr<RunActor> {
         let pool = self.pool.clone();
+        let writer = self.writer.clone();
         let publisher = self.publisher.clone();
         let registry = self.registry.clone();
         let idle = self.idle;
@@ -470,6 +487,7 @@ impl Runs {
         move |meta| {
             Supervisor::start(move |_| RunActor {
                 pool,
+                writer,
                 publisher,
                 life: Lifecycle::new(id, meta, registry, idle),
                 queue_max,

@@ -3,5 +3,6 @@
 pub mod actor;
 pub mod model;
 pub mod ops;
+pub mod writer;
 
 pub use actor::Runs;

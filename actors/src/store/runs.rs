@@ -1,5 +1,7 @@
 //! SQL for script_runs and run_variables.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -110,33 +112,49 @@ pub async fn finish_run(
     ))
 }
 
-/// Upserts `items` (distinct keys) in ONE statement, only while the run is
-/// RUNNING (the run row is share-locked against a concurrent finish until the
-/// statement commits). Returns the stored rows; empty when the run is not
-/// RUNNING.
+/// Upserts the variables of one or more runs in ONE statement, each run's
+/// rows only while that run is RUNNING (its row is share-locked against a
+/// concurrent finish until the statement commits). `batches` holds distinct
+/// runs, each with distinct keys. Rows are written in (run, key) order, so
+/// two processes writing the same run cannot deadlock on them. Returns the
+/// stored rows by run; a run with items that is absent was not RUNNING.
 pub async fn upsert_vars(
     client: &impl GenericClient,
-    run_id: Uuid,
-    items: &[&VarUpsert],
+    batches: &[(Uuid, &[&VarUpsert])],
     now: DateTime<Utc>,
-) -> Result<Vec<RunVariable>> {
+) -> Result<HashMap<Uuid, Vec<RunVariable>>> {
     let stmt = client
         .prepare_cached(
-            "WITH run AS (SELECT id FROM script_runs WHERE id = $1 AND status = 'RUNNING' FOR SHARE) \
+            "WITH run AS (SELECT id FROM script_runs WHERE id = ANY($1::uuid[]) AND status = 'RUNNING' \
+               ORDER BY id FOR SHARE) \
              INSERT INTO run_variables (run_id, key, str_val, num_val, bool_val, json_val, updated_at) \
-             SELECT run.id, u.key, u.s, u.n, u.b, u.j, $2 \
-             FROM run, UNNEST($3::text[], $4::text[], $5::float8[], $6::bool[], $7::jsonb[]) AS u(key, s, n, b, j) \
+             SELECT u.run_id, u.key, u.s, u.n, u.b, u.j, $2 \
+             FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::float8[], $7::bool[], $8::jsonb[]) \
+               WITH ORDINALITY AS u(run_id, key, s, n, b, j, ord) \
+             WHERE u.run_id IN (SELECT id FROM run) \
+             ORDER BY u.ord \
              ON CONFLICT (run_id, key) DO UPDATE SET str_val = EXCLUDED.str_val, num_val = EXCLUDED.num_val, \
                bool_val = EXCLUDED.bool_val, json_val = EXCLUDED.json_val, updated_at = EXCLUDED.updated_at \
-             RETURNING key, str_val, num_val, bool_val, json_val, updated_at",
+             RETURNING run_id, key, str_val, num_val, bool_val, json_val, updated_at",
         )
         .await?;
-    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-    let mut strs: Vec<Option<&str>> = Vec::with_capacity(items.len());
-    let mut nums: Vec<Option<f64>> = Vec::with_capacity(items.len());
-    let mut bools: Vec<Option<bool>> = Vec::with_capacity(items.len());
-    let mut jsons: Vec<Option<&Value>> = Vec::with_capacity(items.len());
-    for i in items {
+    let mut rows: Vec<(Uuid, &VarUpsert)> = batches
+        .iter()
+        .flat_map(|(run, items)| items.iter().map(move |i| (*run, *i)))
+        .collect();
+    rows.sort_unstable_by(|a, b| (a.0, a.1.key.as_str()).cmp(&(b.0, b.1.key.as_str())));
+    let mut runs: Vec<Uuid> = batches.iter().map(|(run, _)| *run).collect();
+    runs.sort_unstable();
+    let n = rows.len();
+    let mut run_ids: Vec<Uuid> = Vec::with_capacity(n);
+    let mut keys: Vec<&str> = Vec::with_capacity(n);
+    let mut strs: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut nums: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut bools: Vec<Option<bool>> = Vec::with_capacity(n);
+    let mut jsons: Vec<Option<&Value>> = Vec::with_capacity(n);
+    for (run, i) in rows {
+        run_ids.push(run);
+        keys.push(i.key.as_str());
         strs.push(match &i.value {
             VarValue::Str(s) => Some(s.as_str()),
             _ => None,
@@ -154,10 +172,20 @@ pub async fn upsert_vars(
             _ => None,
         });
     }
-    let rows = client
-        .query(&stmt, &[&run_id, &now, &keys, &strs, &nums, &bools, &jsons])
+    let stored = client
+        .query(
+            &stmt,
+            &[&runs, &now, &run_ids, &keys, &strs, &nums, &bools, &jsons],
+        )
         .await?;
-    Ok(rows.iter().map(var_from).collect())
+    let mut by_run: HashMap<Uuid, Vec<RunVariable>> = HashMap::new();
+    for row in &stored {
+        by_run
+            .entry(row.get("run_id"))
+            .or_default()
+            .push(var_from(row));
+    }
+    Ok(by_run)
 }
 
 pub async fn list_vars(client: &impl GenericClient, run_id: Uuid) -> Result<Vec<RunVariable>> {
