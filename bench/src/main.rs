@@ -79,6 +79,8 @@ impl Rng {
 
 struct Env {
     _pg: EmbeddedPostgres,
+    /// The postmaster's pid (PostgreSQL's CPU is it and its children).
+    postmaster: u32,
     socket_dir: String,
     db_conn: String,
     server: Child,
@@ -174,8 +176,14 @@ async fn start(args: &Args, dir: &std::path::Path) -> Result<Env> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
+    let postmaster = std::fs::read_to_string(dir.join("pg").join("postmaster.pid"))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .context("reading postmaster.pid")?;
     let env = Env {
         _pg: pg,
+        postmaster,
         socket_dir,
         db_conn,
         server,
@@ -235,6 +243,80 @@ struct Measured {
     errors: u64,
     secs: f64,
     hist: Histogram<u64>,
+    /// CPU used during the measured window.
+    cpu: Cpu,
+}
+
+/// CPU seconds used so far by each side of a measurement.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    scriptd: f64,
+    postgres: f64,
+    /// This process: the load generator.
+    client: f64,
+    /// Children already waited for (pgbench).
+    waited: f64,
+}
+
+impl Cpu {
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            scriptd: self.scriptd - before.scriptd,
+            postgres: self.postgres - before.postgres,
+            client: self.client - before.client,
+            waited: self.waited - before.waited,
+        }
+    }
+}
+
+/// (own utime+stime, waited-for children's cutime+cstime, parent pid) in seconds.
+fn proc_cpu(pid: &str) -> Option<(f64, f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ppid = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some(((tick(11) + tick(12)) / hz, (tick(13) + tick(14)) / hz, ppid))
+}
+
+/// scriptd, PostgreSQL (the postmaster, its live children, and the children it
+/// has reaped), and this process.
+fn cpu_now(scriptd: u32, postmaster: u32) -> Cpu {
+    let mut postgres = 0.0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if let Some((own, reaped, ppid)) = proc_cpu(pid) {
+                if pid == postmaster.to_string() {
+                    postgres += own + reaped;
+                } else if ppid == postmaster {
+                    postgres += own;
+                }
+            }
+        }
+    }
+    let me = proc_cpu("self").unwrap_or_default();
+    Cpu {
+        scriptd: proc_cpu(&scriptd.to_string()).map_or(0.0, |c| c.0),
+        postgres,
+        client: me.0,
+        waited: me.1,
+    }
 }
 
 impl Measured {
@@ -249,13 +331,26 @@ impl Measured {
 /// Runs `conc` closed-loop workers, each on its own keep-alive connection;
 /// records what completes after the warm-up. `op(worker, i)` gives the
 /// request and the status it must answer.
-async fn closed_loop<F>(addr: &str, conc: usize, warmup: Duration, dur: Duration, op: F) -> Measured
+async fn closed_loop<F>(
+    addr: &str,
+    conc: usize,
+    warmup: Duration,
+    dur: Duration,
+    op: F,
+    cpu: impl Fn() -> Cpu + Send + 'static,
+) -> Measured
 where
     F: Fn(usize, u64) -> (&'static str, String, Vec<u8>, u16) + Clone + Send + 'static,
 {
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + dur;
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = cpu();
+        tokio::time::sleep_until(end.into()).await;
+        cpu().since(before)
+    });
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..conc {
@@ -296,6 +391,7 @@ where
         errors: errors.load(Ordering::Relaxed),
         secs: dur.as_secs_f64(),
         hist,
+        cpu: sampler.await.unwrap_or_default(),
     }
 }
 
@@ -350,6 +446,10 @@ struct Row {
     p50: Option<f64>,
     p99: Option<f64>,
     pgbench: Option<f64>,
+    /// CPU µs per request: scriptd, PostgreSQL, load generator.
+    cpu_us: Option<[f64; 3]>,
+    /// CPU µs per pgbench transaction: PostgreSQL, pgbench.
+    pgbench_cpu_us: Option<[f64; 2]>,
     peak_rss_kib: Option<u64>,
     note: String,
 }
@@ -380,28 +480,44 @@ where
         args.connections, args.duration, args.warmup
     );
     env.reset_peak();
+    let (scriptd, postmaster) = (env.pid(), env.postmaster);
     let m = closed_loop(
         env.base.trim_start_matches("http://"),
         args.connections,
         Duration::from_secs(args.warmup),
         Duration::from_secs(args.duration),
         op,
+        move || cpu_now(scriptd, postmaster),
     )
     .await;
     let (_, peak) = env.rss();
     let pg = match pg_script {
         Some(script) => {
             eprintln!("{name}: pgbench");
-            Some(pgbench(env, args, name, &script)?)
+            let before = cpu_now(scriptd, postmaster);
+            let tps = pgbench(env, args, name, &script)?;
+            let used = cpu_now(scriptd, postmaster).since(before);
+            Some((tps, used))
         }
         None => None,
     };
+    let per = |cpu: f64, n: f64| cpu * 1e6 / n;
+    let requests = m.count as f64;
     Ok(Row {
         scenario: name.into(),
         rps: Some(m.rps()),
         p50: Some(m.ms(0.5)),
         p99: Some(m.ms(0.99)),
-        pgbench: pg,
+        pgbench: pg.map(|p| p.0),
+        cpu_us: Some([
+            per(m.cpu.scriptd, requests),
+            per(m.cpu.postgres, requests),
+            per(m.cpu.client, requests),
+        ]),
+        pgbench_cpu_us: pg.map(|(tps, used)| {
+            let tx = tps * args.duration as f64;
+            [per(used.postgres, tx), per(used.waited, tx)]
+        }),
         peak_rss_kib: Some(peak),
         note: if m.errors > 0 {
             format!("{} errors", m.errors)
@@ -576,6 +692,7 @@ async fn command_to_event(env: &Env, args: &Args) -> Result<Row> {
         pgbench: None,
         peak_rss_kib: Some(peak),
         note: format!("{got}/{total} completions received; {failed} posts failed"),
+        ..Default::default()
     })
 }
 
@@ -659,6 +776,7 @@ async fn sse_fanout(env: &Env, args: &Args) -> Result<Row> {
             hist.max() as f64 / 1000.0,
             per_session / 1024.0
         ),
+        ..Default::default()
     })
 }
 
@@ -891,6 +1009,24 @@ async fn main() -> Result<()> {
             fmt_opt(r.ratio(), 2),
             fmt_opt(r.peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
             r.note
+        );
+    }
+    println!("\nCPU per request (µs of CPU time, during the measured window):\n");
+    println!("| scenario | scriptd | PostgreSQL | load generator | total | pgbench: PostgreSQL | pgbench: client | pgbench total |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows.iter().filter(|r| r.cpu_us.is_some()) {
+        let c = r.cpu_us.unwrap_or_default();
+        let p = r.pgbench_cpu_us;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+            r.scenario,
+            c[0],
+            c[1],
+            c[2],
+            c.iter().sum::<f64>(),
+            fmt_opt(p.map(|p| p[0]), 0),
+            fmt_opt(p.map(|p| p[1]), 0),
+            fmt_opt(p.map(|p| p[0] + p[1]), 0),
         );
     }
     println!("\nscriptd idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
