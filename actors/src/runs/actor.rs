@@ -18,7 +18,7 @@ use crate::events::EventPublisher;
 use crate::registry::{ActorMeta, Lifecycle, Passivating, Registry, StopReason};
 use crate::runs::model::{Run, RunStatus, RunVariable, VarUpsert};
 use crate::runs::ops::{self, run_finished};
-use crate::runs::writer::{self, VarWriter, WriterStats};
+use crate::runs::writer::{VarWriter, WriterStats};
 use crate::store::runs as sql;
 
 /// Variable rows in one batch at most.
@@ -163,7 +163,6 @@ impl RunActor {
         };
         self.life.meta.received();
         self.flushing = true;
-        let pool = self.pool.clone();
         let id = self.life.id;
         match first {
             Pending::Upsert(m, tx) => {
@@ -191,7 +190,7 @@ impl RunActor {
                     .map(|k| k.tenant.clone())
                     .unwrap_or_default();
                 ctx.spawn(
-                    commit_upserts(pool, writer, publisher, id, tenant, batch)
+                    commit_upserts(writer, publisher, id, tenant, batch)
                         .into_actor(self)
                         .map(|finished, act, ctx| {
                             if finished {
@@ -204,6 +203,7 @@ impl RunActor {
                 );
             }
             Pending::Finish(m, tx) => {
+                let pool = self.pool.clone();
                 let publisher = self.publisher.clone();
                 ctx.spawn(
                     async move {
@@ -274,7 +274,6 @@ impl RunActor {
 /// callers' path). A failing batch is retried request by request. Returns
 /// true when the run turned out to be finished.
 async fn commit_upserts(
-    pool: Pool,
     writer: VarWriter,
     publisher: EventPublisher,
     id: Uuid,
@@ -295,7 +294,7 @@ async fn commit_upserts(
         }
     }
     let outcome = writer
-        .write(id, merged.iter().map(|i| (*i).clone()).collect())
+        .write(id, merged.into_iter().cloned().collect())
         .await;
     let mut written_keys: Vec<String> = Vec::new();
     let mut finished = false;
@@ -322,8 +321,7 @@ async fn commit_upserts(
         Err(e) => {
             tracing::warn!(run = %id, error = %e, requests = batch.len(), "group upsert failed; retrying one by one");
             for (m, tx) in batch {
-                let items: Vec<&VarUpsert> = m.items.iter().collect();
-                let res = match writer::write_run(&pool, id, &items).await {
+                let res = match writer.write_alone(id, &m.items).await {
                     Ok(Some(stored)) => {
                         written_keys.extend(stored.iter().map(|v| v.key.clone()));
                         let by_key: HashMap<&str, &RunVariable> =

@@ -38,7 +38,7 @@ struct Job {
 pub struct WriterStats {
     /// Run batches waiting for a statement.
     pub queued: AtomicU64,
-    /// Statements run (groups and single runs, retries included).
+    /// Statements run (groups, single runs and retries).
     pub statements: AtomicU64,
     /// Variable rows sent in those statements.
     pub rows: AtomicU64,
@@ -46,11 +46,17 @@ pub struct WriterStats {
     pub group_retries: AtomicU64,
 }
 
+/// What the writer task and its handles share.
+struct Shared {
+    pool: Pool,
+    stats: WriterStats,
+}
+
 /// Handle to the process's writer task (cheap to clone).
 #[derive(Clone)]
 pub struct VarWriter {
     tx: mpsc::UnboundedSender<Job>,
-    stats: Arc<WriterStats>,
+    shared: Arc<Shared>,
 }
 
 impl VarWriter {
@@ -58,19 +64,29 @@ impl VarWriter {
     /// statements in flight; batches that arrive meanwhile wait and go together.
     pub fn start(pool: Pool, statements: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(WriterStats::default());
-        actix::spawn(run(pool, rx, statements.max(1), stats.clone()));
-        VarWriter { tx, stats }
+        let shared = Arc::new(Shared {
+            pool,
+            stats: WriterStats::default(),
+        });
+        actix::spawn(run(shared.clone(), rx, statements.max(1)));
+        VarWriter { tx, shared }
     }
 
     pub fn stats(&self) -> &WriterStats {
-        &self.stats
+        &self.shared.stats
+    }
+
+    /// One run's batch in its own statement now, not grouped (the RunActor's
+    /// request-by-request retry).
+    pub async fn write_alone(&self, run_id: Uuid, items: &[VarUpsert]) -> Written {
+        self.shared.write_alone(run_id, items).await
     }
 
     /// Writes one run's batch (distinct keys); answers after the commit.
     pub async fn write(&self, run_id: Uuid, items: Vec<VarUpsert>) -> Written {
         let (reply, rx) = oneshot::channel();
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let stats = self.stats();
+        stats.queued.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Job {
                 run_id,
@@ -78,7 +94,7 @@ impl VarWriter {
                 reply,
             })
             .map_err(|_| {
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
                 stopped()
             })?;
         rx.await.map_err(|_| stopped())?
@@ -89,12 +105,7 @@ fn stopped() -> Error {
     Error::Unavailable(anyhow::anyhow!("the variable writer stopped"))
 }
 
-async fn run(
-    pool: Pool,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    statements: usize,
-    stats: Arc<WriterStats>,
-) {
+async fn run(writer: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>, statements: usize) {
     let slots = Arc::new(Semaphore::new(statements));
     let mut carry: Option<Job> = None;
     loop {
@@ -125,72 +136,66 @@ async fn run(
                 Err(_) => break,
             }
         }
-        stats.queued.fetch_sub(jobs.len() as u64, Ordering::Relaxed);
-        let pool = pool.clone();
-        let stats = stats.clone();
+        writer
+            .stats
+            .queued
+            .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
+        let writer = writer.clone();
         actix::spawn(async move {
-            write_group(&pool, &stats, jobs).await;
+            write_group(&writer, jobs).await;
             drop(slot);
         });
     }
 }
 
-async fn write_group(pool: &Pool, stats: &WriterStats, mut jobs: Vec<Job>) {
+async fn write_group(writer: &Shared, mut jobs: Vec<Job>) {
     // A caller that is gone (its actor stopped) is not written for.
     jobs.retain(|j| !j.reply.is_closed());
     // One batch per run in a statement: a second one for the same run (an actor
     // restarted while its batch waited here) goes alone, after.
     let mut seen = HashSet::new();
-    let (group, later): (Vec<Job>, Vec<Job>) =
+    let (group, mut alone): (Vec<Job>, Vec<Job>) =
         jobs.into_iter().partition(|j| seen.insert(j.run_id));
-    let mut alone = later;
-    if group.len() == 1 {
-        alone.splice(0..0, group);
-    } else if !group.is_empty() {
-        let refs: Vec<Vec<&VarUpsert>> = group.iter().map(|j| j.items.iter().collect()).collect();
-        let batches: Vec<(Uuid, &[&VarUpsert])> = group
+    if group.len() > 1 {
+        let batches: Vec<(Uuid, &[VarUpsert])> = group
             .iter()
-            .zip(&refs)
-            .map(|(j, items)| (j.run_id, items.as_slice()))
+            .map(|j| (j.run_id, j.items.as_slice()))
             .collect();
-        match write(pool, Some(stats), &batches).await {
+        match writer.write(&batches).await {
             Ok(mut stored) => {
                 for job in group {
                     let _ = job.reply.send(Ok(stored.remove(&job.run_id)));
                 }
             }
             Err(e) => {
-                stats.group_retries.fetch_add(1, Ordering::Relaxed);
+                writer.stats.group_retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, runs = group.len(), "group variable write failed; retrying run by run");
                 alone.splice(0..0, group);
             }
         }
+    } else {
+        alone.splice(0..0, group);
     }
     for job in alone {
-        let items: Vec<&VarUpsert> = job.items.iter().collect();
-        let res = write(pool, Some(stats), &[(job.run_id, &items)])
-            .await
-            .map(|mut stored| stored.remove(&job.run_id));
+        let res = writer.write_alone(job.run_id, &job.items).await;
         let _ = job.reply.send(res);
     }
 }
 
-/// One run's batch in its own statement, without the writer (the RunActor's
-/// request-by-request retry).
-pub async fn write_run(pool: &Pool, run_id: Uuid, items: &[&VarUpsert]) -> Written {
-    Ok(write(pool, None, &[(run_id, items)]).await?.remove(&run_id))
-}
-
-async fn write(
-    pool: &Pool,
-    stats: Option<&WriterStats>,
-    batches: &[(Uuid, &[&VarUpsert])],
-) -> Result<HashMap<Uuid, Vec<RunVariable>>> {
-    if let Some(stats) = stats {
+impl Shared {
+    /// One statement for `batches` (distinct runs), counted in the stats.
+    async fn write(
+        &self,
+        batches: &[(Uuid, &[VarUpsert])],
+    ) -> Result<HashMap<Uuid, Vec<RunVariable>>> {
         let rows: usize = batches.iter().map(|(_, items)| items.len()).sum();
-        stats.statements.fetch_add(1, Ordering::Relaxed);
-        stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.stats.statements.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        let client = self.pool.get().await?;
+        sql::upsert_vars(&client, batches, store::now_ms()).await
     }
-    let client = pool.get().await?;
-    sql::upsert_vars(&client, batches, store::now_ms()).await
+
+    async fn write_alone(&self, run_id: Uuid, items: &[VarUpsert]) -> Written {
+        Ok(self.write(&[(run_id, items)]).await?.remove(&run_id))
+    }
 }

@@ -120,7 +120,7 @@ pub async fn finish_run(
 /// stored rows by run; a run with items that is absent was not RUNNING.
 pub async fn upsert_vars(
     client: &impl GenericClient,
-    batches: &[(Uuid, &[&VarUpsert])],
+    batches: &[(Uuid, &[VarUpsert])],
     now: DateTime<Utc>,
 ) -> Result<HashMap<Uuid, Vec<RunVariable>>> {
     let stmt = client
@@ -140,7 +140,7 @@ pub async fn upsert_vars(
         .await?;
     let mut rows: Vec<(Uuid, &VarUpsert)> = batches
         .iter()
-        .flat_map(|(run, items)| items.iter().map(move |i| (*run, *i)))
+        .flat_map(|(run, items)| items.iter().map(move |i| (*run, i)))
         .collect();
     rows.sort_unstable_by(|a, b| (a.0, a.1.key.as_str()).cmp(&(b.0, b.1.key.as_str())));
     let mut runs: Vec<Uuid> = batches.iter().map(|(run, _)| *run).collect();
