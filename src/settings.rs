@@ -67,6 +67,7 @@ pub struct EventsSettings {
     pub keepalive_secs: u64,
     pub retention_hours: u64,
     pub session_buffer: usize,
+    pub slow_reader_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -152,6 +152,7 @@ impl Application {
             settings.actors.run_queue_max,
             settings.actors.var_write_statements,
         );
+        let settings_pool_size = settings.database.pool_size;
         let state = web::Data::new(AppState {
             settings: std::sync::Arc::new(settings),
             pool,
@@ -166,6 +167,7 @@ impl Application {
             outbox_meta,
             rate_limits,
             metrics,
+            replays: Arc::new(tokio::sync::Semaphore::new((settings_pool_size / 4).max(1))),
             accepting: AtomicBool::new(true),
         });
         let doc = crate::openapi::document();

@@ -25,6 +25,8 @@ pub struct AppState {
     pub outbox_meta: Option<std::sync::Arc<actors::registry::ActorMeta>>,
     pub rate_limits: Option<crate::ratelimit::RateLimits>,
     pub metrics: crate::metrics::Metrics,
+    /// Replay pages read at once, process-wide (a quarter of the pool).
+    pub replays: Arc<tokio::sync::Semaphore>,
     /// False from the moment shutdown begins: `/readyz` answers 503 at once.
     pub accepting: AtomicBool,
 }

@@ -458,3 +458,87 @@ impl TestApp {
         self.state.outbox.as_ref().expect("the app has an outbox")
     }
 }
+
+/// A scriptd binary running as its own process on an existing database (to
+/// measure its memory, read its log, or kill it), on a free port.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `scriptd serve` on `db_url` with `env` (`SCRIPTD__…` keys) and
+    /// waits until it listens.
+    pub async fn start(db_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        let log = std::env::temp_dir().join(format!("scriptd-proc-{}.log", uuid::Uuid::now_v7()));
+        let file = std::fs::File::create(&log).expect("create the log file");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scriptd"));
+        cmd.args(["serve", "--port", "0"])
+            .env("DATABASE_URL", db_url)
+            .env_remove("PORT")
+            .env("RUST_LOG", "info")
+            .env("SCRIPTD__LOG__FORMAT", "json")
+            .env("SCRIPTD__RATE_LIMIT__ENABLED", "false")
+            .env("SCRIPTD__OUTBOX__DEV_DELAY_MIN_MS", "0")
+            .env("SCRIPTD__OUTBOX__DEV_DELAY_MAX_MS", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start scriptd");
+        let port = eventually(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let port = text
+                .split("listening on http://127.0.0.1:")
+                .nth(1)
+                .map(|rest| {
+                    rest.chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                });
+            async move { port.filter(|p| !p.is_empty()) }
+        })
+        .await;
+        ServerProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap()
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -5,6 +5,7 @@ mod helpers;
 mod embedded;
 mod events;
 mod foundation;
+mod hardening;
 mod openapi;
 mod runs;
 mod scripts;

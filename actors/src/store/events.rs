@@ -75,7 +75,9 @@ pub async fn after(
         .collect())
 }
 
-/// A tenant's events in `(after, up_to]`, optionally of one correlation (replay).
+/// A tenant's events in `(after, up_to]`, optionally of one correlation
+/// (replay): at most `limit` rows and, past the first row, at most `max_bytes`
+/// of payload, so that one page of large events stays small in memory.
 pub async fn replay(
     client: &impl GenericClient,
     tenant: &str,
@@ -83,16 +85,26 @@ pub async fn replay(
     after: i64,
     up_to: i64,
     limit: i64,
+    max_bytes: i64,
 ) -> Result<Vec<StoredEvent>> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM events WHERE tenant_id = $1 \
-               AND ($2::text IS NULL OR correlation_id = $2) AND id > $3 AND id <= $4 \
-             ORDER BY id LIMIT $5"
+            "SELECT {COLUMNS} FROM ( \
+               SELECT p.*, sum(p.size) OVER (ORDER BY p.id) - p.size AS before \
+               FROM ( \
+                 SELECT {COLUMNS}, octet_length(payload::text) AS size FROM events \
+                 WHERE tenant_id = $1 AND ($2::text IS NULL OR correlation_id = $2) \
+                   AND id > $3 AND id <= $4 \
+                 ORDER BY id LIMIT $5 \
+               ) p \
+             ) w WHERE w.before < $6 ORDER BY id"
         ))
         .await?;
     Ok(client
-        .query(&stmt, &[&tenant, &correlation, &after, &up_to, &limit])
+        .query(
+            &stmt,
+            &[&tenant, &correlation, &after, &up_to, &limit, &max_bytes],
+        )
         .await?
         .iter()
         .map(event_from)
