@@ -5,7 +5,7 @@ use std::future::{ready, Ready};
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use actors::domain::{ActorId, TenantId};
 use actors::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -126,6 +126,11 @@ impl Authenticator {
                     ApiError::unauthorized(format!("the token does not verify: {e}"))
                 })?;
                 let c = data.claims;
+                if c.sub.trim().is_empty() {
+                    return Err(ApiError::unauthorized(
+                        "the token's sub claim is empty: it must name the caller",
+                    ));
+                }
                 let tenants = match c.tenant {
                     None => TenantScope::Only(Vec::new()),
                     Some(OneOrMany::One(t)) => TenantScope::Only(vec![t]),
@@ -180,20 +185,41 @@ pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-/// A token may also come as `?access_token=` (browsers' EventSource cannot send
-/// headers); only the SSE route accepts it.
-pub fn caller_from_query_or_header(
-    req: &HttpRequest,
-    query_token: Option<&str>,
-) -> Result<Caller, ApiError> {
-    let state = AppState::of(req)?;
-    match (
-        req.headers().contains_key(header::AUTHORIZATION),
-        query_token,
-    ) {
-        (false, Some(token)) if !token.is_empty() => state.auth.authenticate(token),
-        _ => state.auth.authenticate(bearer_token(req)?),
+/// The only route that also takes the token as `?access_token=` (browsers'
+/// EventSource cannot send headers), when there is no Authorization header.
+pub const QUERY_TOKEN_ROUTE: &str = "/events/stream";
+
+/// The `access_token` query parameter, percent-decoded.
+fn query_token(req: &HttpRequest) -> Option<String> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()?
+        .into_inner()
+        .into_iter()
+        .find_map(|(k, v)| (k == "access_token" && !v.is_empty()).then_some(v))
+}
+
+/// A caller verified earlier in the same request (by the rate limiter, which
+/// must know who calls before it charges a budget).
+#[derive(Clone)]
+struct Verified(Caller);
+
+/// Verifies the caller of a request once: the bearer token, or on the SSE
+/// route a query token when there is no Authorization header.
+pub fn authenticate_request(req: &HttpRequest) -> Result<Caller, ApiError> {
+    if let Some(Verified(caller)) = req.extensions().get::<Verified>() {
+        return Ok(caller.clone());
     }
+    let state = AppState::of(req)?;
+    let from_query = (req.path() == QUERY_TOKEN_ROUTE
+        && !req.headers().contains_key(header::AUTHORIZATION))
+    .then(|| query_token(req))
+    .flatten();
+    let caller = match from_query {
+        Some(token) => state.auth.authenticate(&token)?,
+        None => state.auth.authenticate(bearer_token(req)?)?,
+    };
+    req.extensions_mut().insert(Verified(caller.clone()));
+    Ok(caller)
 }
 
 impl FromRequest for Caller {
@@ -201,7 +227,7 @@ impl FromRequest for Caller {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(AppState::of(req).and_then(|state| state.auth.authenticate(bearer_token(req)?)))
+        ready(authenticate_request(req))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Rate limits (GCRA, governor): one keyed limiter per tenant and one per
-//! bearer token. Health, readiness, the OpenAPI document, metrics and admin
-//! routes are exempt. Keyed state is trimmed periodically so that many
+//! bearer token, charged only after the token verifies, and the tenant's only
+//! when the caller may act in it: a request that does not authenticate spends
+//! nobody's budget (it gets its 401). Health, readiness, the OpenAPI document,
+//! metrics and admin routes are exempt. Keyed state is trimmed periodically so that many
 //! distinct keys cannot grow memory without bound.
 
 use std::num::NonZeroU32;
@@ -10,10 +12,13 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
+use actors::domain::TenantId;
 use actors::ErrorCode;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use secrecy::ExposeSecret;
 
+use crate::auth::{authenticate_request, Caller};
 use crate::error::ApiError;
 use crate::settings::RateLimitSettings;
 use crate::state::AppState;
@@ -73,33 +78,21 @@ fn exempt(path: &str) -> bool {
         || path.starts_with("/admin/")
 }
 
-/// The tenant a request names, unverified (header, else `tenantId` in the query).
-fn claimed_tenant(req: &ServiceRequest) -> Option<String> {
-    if let Some(h) = req
-        .headers()
-        .get("x-tenant-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        return Some(h.to_string());
-    }
-    req.query_string()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("tenantId=").map(str::to_string))
-}
-
-fn claimed_token(req: &ServiceRequest) -> Option<String> {
-    let from_header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.split_once(' '))
-        .map(|(_, t)| t.trim().to_string())
-        .filter(|t| !t.is_empty());
-    from_header.or_else(|| {
-        req.query_string()
-            .split('&')
-            .find_map(|p| p.strip_prefix("access_token=").map(str::to_string))
-    })
+/// The tenant a request names (header, else `tenantId` in the query), when
+/// it is a well-formed tenant id that `caller` may act in: only such a request
+/// is charged to that tenant's budget.
+fn charged_tenant(req: &ServiceRequest, caller: &Caller) -> Option<String> {
+    let named = match req.headers().get("x-tenant-id") {
+        Some(h) => h.to_str().ok().map(str::to_string),
+        None => web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .ok()?
+            .into_inner()
+            .into_iter()
+            .find_map(|(k, v)| (k == "tenantId").then_some(v)),
+    }?;
+    let tenant = TenantId::parse(&named).ok()?;
+    caller.check_tenant(&tenant).ok()?;
+    Some(named)
 }
 
 pub async fn rate_limit(
@@ -110,11 +103,12 @@ pub async fn rate_limit(
         .app_data::<web::Data<AppState>>()
         .and_then(|s| s.rate_limits.as_ref().map(|_| s.clone()));
     if let Some(state) = limits.filter(|_| !exempt(req.path())) {
-        if let Some(limits) = &state.rate_limits {
-            if let Err(wait) = limits.check(
-                claimed_tenant(&req).as_deref(),
-                claimed_token(&req).as_deref(),
-            ) {
+        // Authenticate first: a request that does not verify spends no budget
+        // (its handler answers 401), so nobody can lock a tenant out.
+        let caller = authenticate_request(req.request()).ok();
+        if let (Some(limits), Some(caller)) = (&state.rate_limits, caller) {
+            let tenant = charged_tenant(&req, &caller);
+            if let Err(wait) = limits.check(tenant.as_deref(), Some(caller.token.expose_secret())) {
                 let mut err =
                     ApiError::new(ErrorCode::RateLimited, "rate limit exceeded; retry later");
                 err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);

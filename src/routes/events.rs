@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use utoipa::IntoParams;
 
-use crate::auth::caller_from_query_or_header;
+use crate::auth::authenticate_request;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::State;
 use crate::tenant::TenantHeader;
@@ -110,7 +110,8 @@ pub async fn stream(
     state: State,
     query: web::Query<StreamQuery>,
 ) -> Result<impl actix_web::Responder, ApiError> {
-    let caller = caller_from_query_or_header(&req, query.access_token.as_deref())?;
+    // (Also reads `access_token` from the query when there is no header.)
+    let caller = authenticate_request(&req)?;
     let tenant_header = TenantHeader::read(&req)?;
     let tenant = tenant_header.resolve(&caller, query.tenant_id.as_deref())?;
     let correlation = query.correlation_id.clone().filter(|c| !c.is_empty());

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::*;
+use crate::security::{now, token, SECRET};
 
 const ADMIN: &str = "dev-admin";
 
@@ -132,4 +133,111 @@ async fn stalled_replays_neither_starve_the_pool_nor_grow_memory() {
     let first = ids[0];
     assert_eq!(ids, (first..first + 300).collect::<Vec<_>>());
     reader.expect_silence(Duration::from_millis(300)).await;
+}
+
+// ---------- rate limits are charged after authentication ----------
+
+fn jwt_limited(s: &mut scriptd::Settings) {
+    s.auth.mode = scriptd::settings::AuthMode::Jwt;
+    s.auth.jwt_secret = SECRET.to_string().into();
+    s.rate_limit.enabled = true;
+    s.rate_limit.per_tenant_per_sec = 1;
+    s.rate_limit.per_token_per_sec = 1000;
+    s.rate_limit.burst = 3;
+}
+
+#[actix_web::test]
+async fn requests_that_do_not_authenticate_spend_no_tenant_budget() {
+    let app = spawn_app_with(jwt_limited).await;
+    let outsider = token(json!({ "sub": "mallory", "tenant": "other", "exp": now() + 600 }));
+    // 60 attacks on tenant "victim": garbage tokens, no token, a valid token of
+    // another tenant, by header and by query. Each is refused as what it is,
+    // never 429.
+    for i in 0..60 {
+        let path = if i % 2 == 0 {
+            "/scripts"
+        } else {
+            "/scripts?tenantId=victim"
+        };
+        let mut req = app.raw(Method::GET, path);
+        if i % 2 == 0 {
+            req = req.header("x-tenant-id", "victim");
+        }
+        let (req, status, code) = match i % 3 {
+            0 => (req.bearer_auth("garbage.not.ajwt"), 401, "UNAUTHORIZED"),
+            1 => (req, 401, "UNAUTHORIZED"),
+            _ => (req.bearer_auth(&outsider), 403, "FORBIDDEN"),
+        };
+        assert_error(req.send().await.unwrap(), status, code).await;
+    }
+    // The SSE route's query token is verified before any charge too.
+    let res = app
+        .raw(
+            Method::GET,
+            "/events/stream?tenantId=victim&access_token=garbage",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "UNAUTHORIZED").await;
+
+    // The victim still has its whole burst, and the limit still holds for it.
+    let victim = token(json!({ "sub": "vic", "tenant": "victim", "exp": now() + 600 }));
+    for _ in 0..3 {
+        let res = app
+            .raw(Method::GET, "/scripts")
+            .bearer_auth(&victim)
+            .header("x-tenant-id", "victim")
+            .send()
+            .await
+            .unwrap();
+        json_of(res, 200).await;
+    }
+    let mut limited = false;
+    for _ in 0..10 {
+        let res = app
+            .raw(Method::GET, "/scripts")
+            .bearer_auth(&victim)
+            .header("x-tenant-id", "victim")
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            assert_error(res, 429, "RATE_LIMITED").await;
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the victim's own burst is still limited");
+}
+
+#[actix_web::test]
+async fn a_token_with_an_empty_sub_is_401() {
+    let app = spawn_app_with(|s| {
+        s.auth.mode = scriptd::settings::AuthMode::Jwt;
+        s.auth.jwt_secret = SECRET.to_string().into();
+    })
+    .await;
+    for sub in ["", "  "] {
+        let t = token(json!({ "sub": sub, "tenant": TENANT, "exp": now() + 600 }));
+        let res = app
+            .raw(Method::GET, "/scripts")
+            .bearer_auth(&t)
+            .header("x-tenant-id", TENANT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
+    let t = token(json!({ "sub": "alice", "tenant": TENANT, "exp": now() + 600 }));
+    let res = app
+        .raw(Method::GET, "/scripts")
+        .bearer_auth(&t)
+        .header("x-tenant-id", TENANT)
+        .send()
+        .await
+        .unwrap();
+    json_of(res, 200).await;
 }

@@ -239,9 +239,9 @@ async fn runs_are_keyed_too() {
 
 // ---------- JWT ----------
 
-const SECRET: &str = "jwt-test-secret";
+pub(crate) const SECRET: &str = "jwt-test-secret";
 
-fn token(claims: Value) -> String {
+pub(crate) fn token(claims: Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -250,7 +250,7 @@ fn token(claims: Value) -> String {
     .unwrap()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
