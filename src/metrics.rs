@@ -2,6 +2,7 @@
 //! route and status, and gauges read at scrape time (pool, actors, mailboxes,
 //! outbox, SSE sessions, events).
 
+use actix_web::http::Method;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -99,9 +100,11 @@ impl Metrics {
         })
     }
 
-    pub fn observe(&self, route: &str, method: &str, status: u16, secs: f64) {
+    /// `route` must be a route pattern or `unmatched`: labels come from a
+    /// closed set, whatever clients send.
+    pub fn observe(&self, route: &str, method: &Method, status: u16, secs: f64) {
         let status = status.to_string();
-        let labels = [route, method, status.as_str()];
+        let labels = [route, method_label(method), status.as_str()];
         self.requests.with_label_values(&labels).inc();
         self.latency.with_label_values(&labels).observe(secs);
     }
@@ -177,5 +180,21 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The `method` label: a standard method, or `other` for any made-up one.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     }
 }

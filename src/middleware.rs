@@ -66,7 +66,7 @@ pub async fn request_context(
         correlation_id = %correlation_id,
     );
     let state = req.app_data::<actix_web::web::Data<AppState>>().cloned();
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let log = |status: u16, route: Option<&str>| {
         let secs = started.elapsed().as_secs_f64();
         if let Some(state) = &state {

@@ -241,3 +241,58 @@ async fn a_token_with_an_empty_sub_is_401() {
         .unwrap();
     json_of(res, 200).await;
 }
+
+// ---------- metric labels come from a closed set ----------
+
+async fn metrics_text(app: &TestApp) -> String {
+    let res = app
+        .raw(Method::GET, "/metrics")
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}
+
+fn request_series(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.contains("http_requests_total{"))
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(series, _)| series)
+                .to_string()
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn made_up_methods_and_paths_add_no_metric_series() {
+    let app = spawn_app().await;
+    let before = request_series(&metrics_text(&app).await);
+    for i in 0..300 {
+        let method = Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        let path = if i % 2 == 0 {
+            "/healthz".to_string()
+        } else {
+            format!("/made-up/{i}")
+        };
+        let res = app.raw(method, &path).send().await.unwrap();
+        assert!(res.status().is_client_error(), "{}", res.status());
+    }
+    let text = metrics_text(&app).await;
+    assert!(!text.contains("BREW"), "a client's method became a label");
+    assert!(!text.contains("made-up"), "a client's path became a label");
+    let after = request_series(&text);
+    let new: Vec<&String> = after.iter().filter(|s| !before.contains(s)).collect();
+    // One series each: the route pattern or `unmatched`, the method `other`.
+    assert_eq!(
+        new,
+        vec![
+            r#"scriptd_http_requests_total{method="GET",route="/metrics",status="200"}"#,
+            r#"scriptd_http_requests_total{method="other",route="/healthz",status="405"}"#,
+            r#"scriptd_http_requests_total{method="other",route="unmatched",status="404"}"#,
+        ],
+        "{new:?}"
+    );
+}
