@@ -6,6 +6,7 @@ mod embedded;
 mod events;
 mod foundation;
 mod hardening;
+mod hardening_reads;
 mod openapi;
 mod runs;
 mod scripts;

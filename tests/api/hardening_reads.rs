@@ -1,0 +1,97 @@
+//! Reads that must answer 400 VALIDATION_FAILED naming the right field, never
+//! 500 or a guessed field.
+
+use actors::pagination::{encode, filter_hash, Key};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use reqwest::Response;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::scripts::{create_script, create_version};
+
+/// A 400 VALIDATION_FAILED whose `details.fields` names exactly `expected`,
+/// each with a non-empty message; returns the body.
+async fn assert_fields(res: Response, expected: &[&str]) -> Value {
+    let body = assert_error(res, 400, "VALIDATION_FAILED").await;
+    assert_eq!(fields(&body), expected, "{body}");
+    let listed = body["details"]["fields"]
+        .as_array()
+        .expect("details.fields");
+    assert_eq!(listed.len(), expected.len(), "{body}");
+    for f in listed {
+        assert!(
+            f["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    body
+}
+
+/// An `ms` far before year 1 (about 7500 BC): PostgreSQL cannot hold it.
+const FORGED_MS: i64 = -300_000_000_000_000;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A cursor encoded as the server encodes one, for the list of `filters`.
+fn time_cursor(ms: i64, filters: &[&str]) -> String {
+    encode(Key::Time(ms, uuid::Uuid::now_v7()), &filter_hash(filters))
+}
+
+#[actix_web::test]
+async fn forged_cursors_with_out_of_range_times_are_400_on_every_time_list() {
+    let app = spawn_app().await;
+    let script = create_script(&app, "forged-cursor").await;
+    let id = script["id"].as_str().unwrap();
+    let lists: [(String, Vec<&str>); 3] = [
+        ("/scripts".to_string(), vec![TENANT, "", "", ""]),
+        ("/runs".to_string(), vec!["runs", TENANT, "", "", "", ""]),
+        (format!("/scripts/{id}/audit"), vec!["audit", id]),
+    ];
+    for (path, filters) in &lists {
+        // the same encoding with a real time is a cursor of this list
+        let ok = time_cursor(now_ms(), filters);
+        json_of(app.get(&format!("{path}?cursor={ok}")).await, 200).await;
+        for ms in [FORGED_MS, i64::MIN, i64::MAX, -62_135_596_800_001] {
+            let forged = time_cursor(ms, filters);
+            assert_fields(
+                app.get(&format!("{path}?cursor={forged}")).await,
+                &["cursor"],
+            )
+            .await;
+        }
+    }
+}
+
+#[actix_web::test]
+async fn forged_version_cursors_are_400() {
+    let app = spawn_app().await;
+    let script = create_script(&app, "forged-version-cursor").await;
+    let id = script["id"].as_str().unwrap();
+    create_version(&app, id).await;
+    let filters = filter_hash(&["versions", id]);
+    let path = format!("/scripts/{id}/versions");
+    // version keys count from 1: a cursor after version 2 lists version 1
+    let ok = encode(Key::Version(2), &filters);
+    let page = json_of(app.get(&format!("{path}?cursor={ok}")).await, 200).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    for v in [0, -1, i32::MIN] {
+        let forged = encode(Key::Version(v), &filters);
+        assert_fields(
+            app.get(&format!("{path}?cursor={forged}")).await,
+            &["cursor"],
+        )
+        .await;
+    }
+    // beyond i32, with the cursor's JSON shape written out
+    for k in ["2147483648", "1e30", "99999999999999999999"] {
+        let forged = URL_SAFE_NO_PAD.encode(format!(r#"{{"k":{k},"f":"{filters}"}}"#));
+        assert_fields(
+            app.get(&format!("{path}?cursor={forged}")).await,
+            &["cursor"],
+        )
+        .await;
+    }
+}
