@@ -254,7 +254,140 @@ pub fn path_version(raw: &str) -> Result<i32, ApiError> {
         .ok_or_else(|| ApiError::field("version", "must be a positive integer"))
 }
 
-/// Query-string errors become 400 VALIDATION_FAILED with the parameter named.
+/// A query string deserialized into `T` (use instead of `web::Query`). An
+/// unknown or repeated parameter, or a value of the wrong shape, is
+/// 400 VALIDATION_FAILED naming the parameter; messages show at most a bounded
+/// prefix of what the client sent.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T> Query<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Query<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest for Query<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(parse_query(req.query_string()).map(Query))
+    }
+}
+
+/// How many characters of client input an error message may show.
+const SHOWN_CHARS: usize = 40;
+/// The longest error message a query error carries.
+const MESSAGE_CHARS: usize = 300;
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}…", &s[..at]),
+    }
+}
+
+/// A parameter name as a `field`: bounded, and `query` when empty.
+fn param_field(name: &str) -> String {
+    if name.is_empty() {
+        "query".to_string()
+    } else {
+        bounded(name, SHOWN_CHARS)
+    }
+}
+
+/// The serde field names of a struct `T`, as its `Deserialize` asks for them;
+/// `None` when `T` does not deserialize as a plain struct.
+fn struct_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    use serde::de::{Error as _, Visitor};
+    use serde::forward_to_deserialize_any;
+
+    struct Probe<'a>(&'a mut Option<&'static [&'static str]>);
+
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = Some(fields);
+            Err(Self::Error::custom("probed"))
+        }
+
+        forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields = None;
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// Parses a query string (`a=1&b=x`) as `T`; errors name the parameter.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+    let known = struct_fields::<T>();
+    let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
+    for (name, _) in &pairs {
+        if let Some(known) = known {
+            if !known.contains(&name.as_ref()) {
+                return Err(ApiError::field(
+                    &param_field(name),
+                    format!(
+                        "is not a parameter of this route (expected one of: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        if seen.contains(&name.as_ref()) {
+            return Err(ApiError::field(
+                &param_field(name),
+                "must be given at most once",
+            ));
+        }
+        seen.push(name);
+    }
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "query".to_string()
+        } else {
+            param_field(&path)
+        };
+        let mut message = e.into_inner().to_string();
+        // serde may quote the value (`unknown variant `…``): show a prefix only.
+        if let Some((_, value)) = pairs.iter().find(|(name, _)| *name == path) {
+            if value.chars().count() > SHOWN_CHARS {
+                message = message.replace(value.as_ref(), &bounded(value, SHOWN_CHARS));
+            }
+        }
+        ApiError::field(&field, bounded(&message, MESSAGE_CHARS))
+    })
+}
+
+/// Errors of `web::Query` (routes not yet on [`Query`]) become
+/// 400 VALIDATION_FAILED, with the parameter guessed from the message.
 pub fn query_error(
     err: actix_web::error::QueryPayloadError,
     _req: &HttpRequest,
@@ -304,5 +437,66 @@ mod tests {
         assert_eq!(err.details.unwrap()["fields"][0]["field"], "inner.count");
         let err = parse_json::<Sample>(br#"{"name":"a""#).unwrap_err();
         assert_eq!(err.code, ErrorCode::MalformedJson);
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+    enum Colour {
+        Red,
+        Blue,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct ListQuery {
+        tenant_id: Option<String>,
+        colour: Option<Colour>,
+        limit: Option<u32>,
+        id: Option<Uuid>,
+    }
+
+    fn query_field(query: &str) -> (String, String) {
+        let err = parse_query::<ListQuery>(query).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationFailed, "{query}");
+        let details = err.details.unwrap();
+        let fields = details["fields"].as_array().unwrap();
+        assert_eq!(fields.len(), 1, "{details}");
+        (
+            fields[0]["field"].as_str().unwrap().to_string(),
+            fields[0]["message"].as_str().unwrap().to_string(),
+        )
+    }
+
+    #[test]
+    fn queries_parse_and_errors_name_the_parameter() {
+        let q: ListQuery = parse_query("tenantId=t%201&colour=RED&limit=5").unwrap();
+        assert_eq!(q.tenant_id.as_deref(), Some("t 1"));
+        assert_eq!(q.colour, Some(Colour::Red));
+        assert_eq!(q.limit, Some(5));
+        assert!(parse_query::<ListQuery>("").unwrap().limit.is_none());
+        assert_eq!(query_field("colour=GREEN").0, "colour");
+        assert_eq!(query_field("limit=abc").0, "limit");
+        assert_eq!(query_field("limit=-1").0, "limit");
+        assert_eq!(query_field("limit=99999999999").0, "limit");
+        assert_eq!(query_field("id=nope").0, "id");
+        assert_eq!(query_field("limit=1&limit=2").0, "limit");
+        assert_eq!(query_field("limit=1&bogus=2").0, "bogus");
+        assert_eq!(query_field("=2").0, "query");
+    }
+
+    #[test]
+    fn query_errors_do_not_echo_unbounded_input() {
+        let long = "X".repeat(10_000);
+        for query in [
+            format!("colour={long}"),
+            format!("limit={long}"),
+            format!("id={long}"),
+            format!("{long}=1"),
+        ] {
+            let (field, message) = query_field(&query);
+            assert!(field.chars().count() <= SHOWN_CHARS + 1, "{field}");
+            assert!(message.chars().count() <= MESSAGE_CHARS + 1, "{message}");
+            assert!(!message.contains(&"X".repeat(SHOWN_CHARS + 1)), "{message}");
+        }
     }
 }

@@ -2,13 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, HttpResponse};
 use actors::registry::{ActorInfo, KindCounts};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
 use crate::state::State;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -69,7 +70,7 @@ fn singleton(live: bool) -> KindCounts {
 pub async fn list_actors(
     caller: Caller,
     state: State,
-    query: web::Query<ActorsQuery>,
+    query: Query<ActorsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     if let Some(k) = query.kind.as_deref().filter(|k| !KINDS.contains(k)) {

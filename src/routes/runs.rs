@@ -16,7 +16,7 @@ use uuid::Uuid;
 use validator::Validate;
 
 use crate::error::{ApiError, ErrorBody, FieldError};
-use crate::extract::{path_uuid, JsonBody, RequestBody};
+use crate::extract::{path_uuid, JsonBody, Query, RequestBody};
 use crate::idempotency::{self as idem, Begun};
 use crate::page::{Page, PageRequest};
 use crate::settings::LimitsSettings;
@@ -344,7 +344,7 @@ pub async fn finish_run(
 #[get("/runs")]
 pub async fn list_runs(
     ctx: Ctx,
-    query: web::Query<ListRunsQuery>,
+    query: Query<ListRunsQuery>,
     db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();

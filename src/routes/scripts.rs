@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use validator::Validate;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{no_nul, path_uuid, path_version, JsonBody, RequestBody};
+use crate::extract::{no_nul, path_uuid, path_version, JsonBody, Query, RequestBody};
 use crate::idempotency::{self as idem, Begun};
 use crate::page::{Page, PageRequest};
 use crate::settings::LimitsSettings;
@@ -355,7 +355,7 @@ fn render_created_version(v: &Version) -> Recorded {
 #[get("/scripts")]
 pub async fn list_scripts(
     ctx: Ctx,
-    query: web::Query<ListScriptsQuery>,
+    query: Query<ListScriptsQuery>,
     db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
@@ -582,7 +582,7 @@ pub async fn publish_version(
 pub async fn list_versions(
     ctx: Ctx,
     path: web::Path<String>,
-    query: web::Query<PageQuery>,
+    query: Query<PageQuery>,
     db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;
@@ -647,7 +647,7 @@ pub async fn get_version(
 pub async fn list_audit(
     ctx: Ctx,
     path: web::Path<String>,
-    query: web::Query<PageQuery>,
+    query: Query<PageQuery>,
     db: Db,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;

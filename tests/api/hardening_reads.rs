@@ -4,7 +4,7 @@
 use actors::pagination::{encode, filter_hash, Key};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use reqwest::Response;
+use reqwest::{Method, Response};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -93,5 +93,78 @@ async fn forged_version_cursors_are_400() {
             &["cursor"],
         )
         .await;
+    }
+}
+
+#[actix_web::test]
+async fn list_query_errors_name_the_parameter() {
+    let app = spawn_app().await;
+    let script = create_script(&app, "query-errors").await;
+    let id = script["id"].as_str().unwrap();
+    let versions = format!("/scripts/{id}/versions");
+    let audit = format!("/scripts/{id}/audit");
+    let cases: Vec<(String, &str)> = vec![
+        ("/scripts?status=BOGUS".into(), "status"),
+        ("/scripts?status=draft".into(), "status"),
+        ("/scripts?limit=abc".into(), "limit"),
+        ("/scripts?limit=-1".into(), "limit"),
+        ("/scripts?limit=99999999999".into(), "limit"),
+        ("/scripts?limit=1&limit=2".into(), "limit"),
+        ("/scripts?status=DRAFT&status=DRAFT".into(), "status"),
+        ("/scripts?bogus=1".into(), "bogus"),
+        ("/runs?status=BOGUS".into(), "status"),
+        ("/runs?limit=abc".into(), "limit"),
+        ("/runs?limit=1&limit=2".into(), "limit"),
+        ("/runs?scriptId=nope".into(), "scriptId"),
+        ("/runs?bogus=1".into(), "bogus"),
+        (format!("{versions}?limit=abc"), "limit"),
+        (format!("{versions}?limit=1&limit=2"), "limit"),
+        (format!("{versions}?status=DRAFT"), "status"),
+        (format!("{audit}?limit=abc"), "limit"),
+        (format!("{audit}?cursor=a&cursor=b"), "cursor"),
+        (format!("{audit}?bogus=1"), "bogus"),
+    ];
+    for (path, field) in &cases {
+        assert_fields(app.get(path).await, &[field]).await;
+    }
+    // /admin/actors (admin only, no tenant)
+    for (query, field) in [
+        ("limit=abc", "limit"),
+        ("limit=1&limit=2", "limit"),
+        ("kind=run&kind=run", "kind"),
+        ("bogus=1", "bogus"),
+    ] {
+        let res = app
+            .raw(Method::GET, &format!("/admin/actors?{query}"))
+            .bearer_auth("dev-admin")
+            .send()
+            .await
+            .unwrap();
+        assert_fields(res, &[field]).await;
+    }
+    // what still passes
+    json_of(app.get("/scripts?status=DRAFT&limit=1").await, 200).await;
+    json_of(app.get(&format!("{versions}?limit=1")).await, 200).await;
+}
+
+#[actix_web::test]
+async fn query_error_messages_do_not_echo_long_values() {
+    let app = spawn_app().await;
+    let long = "Z".repeat(4000);
+    for path in [
+        format!("/scripts?status={long}"),
+        format!("/runs?status={long}"),
+        format!("/runs?scriptId={long}"),
+        format!("/scripts?limit={long}"),
+    ] {
+        let field = path
+            .split(['?', '='])
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let body = assert_fields(app.get(&path).await, &[&field]).await;
+        let text = body.to_string();
+        assert!(text.len() < 1000, "{text}");
+        assert!(!text.contains(&"Z".repeat(41)), "{text}");
     }
 }
