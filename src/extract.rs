@@ -246,12 +246,20 @@ pub fn path_uuid(name: &str, raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::field(name, "must be a UUID"))
 }
 
-/// Parses a path segment as a positive version number.
+/// Parses a path segment as a version number: a canonical positive decimal
+/// integer (digits only, no sign, no leading zero) that fits in an `i32`.
 pub fn path_version(raw: &str) -> Result<i32, ApiError> {
-    raw.parse::<i32>()
-        .ok()
-        .filter(|v| *v >= 1)
-        .ok_or_else(|| ApiError::field("version", "must be a positive integer"))
+    let canonical =
+        !raw.is_empty() && !raw.starts_with('0') && raw.bytes().all(|b| b.is_ascii_digit());
+    canonical
+        .then(|| raw.parse::<i32>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::field(
+                "version",
+                "must be a positive integer (1..2147483647, digits only, no sign or leading zero)",
+            )
+        })
 }
 
 /// A query string deserialized into `T` (use instead of `web::Query`). An
@@ -497,6 +505,31 @@ mod tests {
             assert!(field.chars().count() <= SHOWN_CHARS + 1, "{field}");
             assert!(message.chars().count() <= MESSAGE_CHARS + 1, "{message}");
             assert!(!message.contains(&"X".repeat(SHOWN_CHARS + 1)), "{message}");
+        }
+    }
+
+    #[test]
+    fn versions_are_canonical_positive_integers() {
+        assert_eq!(path_version("1").unwrap(), 1);
+        assert_eq!(path_version("2147483647").unwrap(), i32::MAX);
+        for bad in [
+            "",
+            "0",
+            "01",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1e3",
+            "2147483648",
+            "99999999999999999999",
+        ] {
+            let err = path_version(bad).unwrap_err();
+            assert_eq!(
+                err.details.unwrap()["fields"][0]["field"],
+                "version",
+                "{bad}"
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Reads that must answer 400 VALIDATION_FAILED naming the right field, never
-//! 500 or a guessed field.
+//! 500 or a guessed field: forged cursors, bad query parameters, and
+//! non-canonical `:version` path segments.
 
 use actors::pagination::{encode, filter_hash, Key};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -167,4 +168,41 @@ async fn query_error_messages_do_not_echo_long_values() {
         assert!(text.len() < 1000, "{text}");
         assert!(!text.contains(&"Z".repeat(41)), "{text}");
     }
+}
+
+#[actix_web::test]
+async fn version_path_segments_must_be_canonical() {
+    let app = spawn_app().await;
+    let script = create_script(&app, "canonical-version").await;
+    let id = script["id"].as_str().unwrap();
+    create_version(&app, id).await;
+    json_of(app.get(&format!("/scripts/{id}/versions/1")).await, 200).await;
+    for bad in ["+1", "01", "0", "-1", "2147483648", "1e3", "00", "1.0"] {
+        assert_fields(
+            app.get(&format!("/scripts/{id}/versions/{bad}")).await,
+            &["version"],
+        )
+        .await;
+        let res = app
+            .req(
+                Method::POST,
+                &format!("/scripts/{id}/versions/{bad}/publish"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_fields(res, &["version"]).await;
+    }
+    // nothing was published
+    let after = json_of(app.get(&format!("/scripts/{id}")).await, 200).await;
+    assert_eq!(after["status"], "DRAFT", "{after}");
+    assert_eq!(after["activeVersionId"], Value::Null, "{after}");
+    // the canonical form still publishes
+    let res = app
+        .req(Method::POST, &format!("/scripts/{id}/versions/1/publish"))
+        .send()
+        .await
+        .unwrap();
+    let published = json_of(res, 200).await;
+    assert_eq!(published["status"], "PUBLISHED", "{published}");
 }
