@@ -29,16 +29,26 @@ fn valid_correlation_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
-/// The path and query of a request with `access_token` values redacted.
+/// The path and query of a request with `access_token` values redacted. The
+/// name is compared as the server decodes it (`access%5Ftoken` is
+/// `access_token` too), so no spelling of it reaches the log.
 pub fn redacted_target(path: &str, query: &str) -> String {
     if query.is_empty() {
         return path.to_string();
     }
     let query: Vec<String> = query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k == "access_token" => format!("{k}=REDACTED"),
-            _ => pair.to_string(),
+        .map(|pair| {
+            let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if decoded == "access_token" {
+                format!("{name}=REDACTED")
+            } else {
+                pair.to_string()
+            }
         })
         .collect();
     format!("{path}?{}", query.join("&"))
@@ -203,6 +213,10 @@ mod tests {
             "/events/stream?tenantId=a&access_token=REDACTED&x=1"
         );
         assert_eq!(redacted_target("/x", ""), "/x");
+        assert_eq!(
+            redacted_target("/e", "access%5Ftoken=s1&%61ccess_token=s2&access+token=x&access_token"),
+            "/e?access%5Ftoken=REDACTED&%61ccess_token=REDACTED&access+token=x&access_token=REDACTED"
+        );
     }
 
     #[test]

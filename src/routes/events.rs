@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{get, web, HttpRequest};
+use actix_web::{get, HttpRequest};
 use actix_web_lab::sse;
 use actors::domain::ts;
 use actors::events::hub::{EventHub, Subscribe, Unsubscribe};
@@ -18,6 +18,7 @@ use utoipa::IntoParams;
 
 use crate::auth::authenticate_request;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
 use crate::state::State;
 use crate::tenant::TenantHeader;
 
@@ -108,7 +109,7 @@ the retained history or newer than the newest event) carry no id and `{\"occurre
 pub async fn stream(
     req: HttpRequest,
     state: State,
-    query: web::Query<StreamQuery>,
+    query: Query<StreamQuery>,
 ) -> Result<impl actix_web::Responder, ApiError> {
     // (Also reads `access_token` from the query when there is no header.)
     let caller = authenticate_request(&req)?;

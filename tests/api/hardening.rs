@@ -296,3 +296,44 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
         "{new:?}"
     );
 }
+
+// ---------- no spelling of access_token reaches the log ----------
+
+#[actix_web::test]
+async fn query_tokens_are_redacted_from_the_log_however_they_are_encoded() {
+    let server = ServerProcess::start(&fresh_database().await, &[]).await;
+    let client = reqwest::Client::new();
+    let names = [
+        "access_token",
+        "access%5Ftoken",
+        "%61ccess_token",
+        "access_%74oken",
+        "%61%63%63%65%73%73%5F%74%6F%6B%65%6E",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let secret = format!("secret{i}-9f3b2c.payload.signature");
+        let res = client
+            .get(server.url(&format!("/events/stream?tenantId=t1&{name}={secret}")))
+            .send()
+            .await
+            .unwrap();
+        // Every spelling is the token (and a valid one in dev mode).
+        assert_eq!(res.status(), 200, "{name}");
+        drop(res);
+    }
+    let finished = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("request finished"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let log = eventually(Duration::from_secs(10), || {
+        let text = server.log_text();
+        async move { (finished(&text).len() >= names.len()).then_some(text) }
+    })
+    .await;
+    let lines = finished(&log);
+    assert_eq!(lines.len(), names.len(), "{log}");
+    assert!(lines.iter().all(|l| l.contains("=REDACTED")), "{log}");
+    assert!(!log.contains("9f3b2c"), "a token reached the log:\n{log}");
+}
