@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::*;
+use crate::runs::{published_script, start_run, upsert};
 use crate::security::{now, token, SECRET};
 
 const ADMIN: &str = "dev-admin";
@@ -336,4 +337,81 @@ async fn query_tokens_are_redacted_from_the_log_however_they_are_encoded() {
     assert_eq!(lines.len(), names.len(), "{log}");
     assert!(lines.iter().all(|l| l.contains("=REDACTED")), "{log}");
     assert!(!log.contains("9f3b2c"), "a token reached the log:\n{log}");
+}
+
+// ---------- one finish, one event, in commit order ----------
+
+#[actix_web::test]
+async fn every_event_of_a_run_once_and_finished_last() {
+    let app = spawn_app().await;
+    let script = published_script(&app, "once").await;
+    let mut stream = app.sse(TENANT, "").await;
+    let mut runs = Vec::new();
+    for r in 0..8 {
+        let run = start_run(&app, &script).await;
+        for i in 0..3 {
+            let key = format!("k{i}");
+            json_of(
+                upsert(&app, &run, json!([{ "key": key, "numVal": r * 10 + i }])).await,
+                200,
+            )
+            .await;
+        }
+        let status = if r % 2 == 0 { "SUCCEEDED" } else { "FAILED" };
+        json_of(
+            app.post(&format!("/runs/{run}/finish"), &json!({ "status": status }))
+                .await,
+            200,
+        )
+        .await;
+        runs.push((run, status));
+    }
+    // Whatever is still queued in the process is appended after this.
+    app.state.publisher.flushed().await;
+
+    let expected_names = |_: &str| {
+        vec![
+            "Run.Started.v1".to_string(),
+            "Run.VarsUpserted.v1".to_string(),
+            "Run.VarsUpserted.v1".to_string(),
+            "Run.VarsUpserted.v1".to_string(),
+            "Run.Finished.v1".to_string(),
+        ]
+    };
+    // In the table: exactly five per run, in this order, nothing else.
+    let db = app.db().await;
+    let total: i64 = db
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 8 * 5);
+    for (run, status) in &runs {
+        let rows = db
+            .query(
+                "SELECT name, payload FROM events WHERE correlation_id = $1 ORDER BY id",
+                &[run],
+            )
+            .await
+            .unwrap();
+        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(names, expected_names(run), "run {run}");
+        let last: Value = rows[4].get(1);
+        assert_eq!(last, json!({ "runId": run, "status": status }));
+    }
+    // On the stream: the same 40 events, each run's in that order, then nothing.
+    let mut seen: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for _ in 0..40 {
+        let ev = stream
+            .next(Duration::from_secs(10))
+            .await
+            .expect("an event");
+        let run = ev.json()["correlationId"].as_str().unwrap().to_string();
+        seen.entry(run).or_default().push(ev.event);
+    }
+    stream.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(seen.len(), 8);
+    for (run, _) in &runs {
+        assert_eq!(seen[run], expected_names(run), "run {run} on the stream");
+    }
 }

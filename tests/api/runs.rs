@@ -12,7 +12,7 @@ use crate::scripts::{create_script, create_version};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A script with a published version 1 (and an unpublished version 2).
-async fn published_script(app: &TestApp, slug: &str) -> String {
+pub(crate) async fn published_script(app: &TestApp, slug: &str) -> String {
     let s = create_script(app, slug).await;
     let id = s["id"].as_str().unwrap().to_string();
     create_version(app, &id).await;
@@ -26,7 +26,7 @@ async fn published_script(app: &TestApp, slug: &str) -> String {
     id
 }
 
-async fn start_run(app: &TestApp, script: &str) -> String {
+pub(crate) async fn start_run(app: &TestApp, script: &str) -> String {
     let res = app.post("/runs", &json!({ "scriptId": script })).await;
     json_of(res, 201).await["runId"]
         .as_str()
@@ -34,7 +34,7 @@ async fn start_run(app: &TestApp, script: &str) -> String {
         .to_string()
 }
 
-async fn upsert(app: &TestApp, run: &str, items: Value) -> reqwest::Response {
+pub(crate) async fn upsert(app: &TestApp, run: &str, items: Value) -> reqwest::Response {
     app.post(&format!("/runs/{run}/vars"), &items).await
 }
 
@@ -745,6 +745,8 @@ async fn run_events_reach_the_stream_of_the_run() {
         json!({ "runId": run, "status": "SUCCEEDED" })
     );
     assert_eq!(finished.json()["success"], true);
+    // Exactly these three: no second Run.Finished.v1 follows.
+    all.expect_silence(Duration::from_millis(500)).await;
     // One run's events, replayed by correlation id.
     let mut one = app
         .sse(TENANT, &format!("&correlationId={run}&lastEventId=0"))
@@ -761,6 +763,7 @@ async fn run_events_reach_the_stream_of_the_run() {
         names,
         vec!["Run.Started.v1", "Run.VarsUpserted.v1", "Run.Finished.v1"]
     );
+    one.expect_silence(Duration::from_millis(300)).await;
 }
 
 async fn writer_stat(app: &TestApp, what: &str) -> i64 {

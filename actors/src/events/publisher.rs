@@ -23,6 +23,13 @@ impl EventPublisher {
         self.appender.append_detached(batch)
     }
 
+    /// Waits until every batch queued before this call has been appended (or
+    /// has failed, which its own producer was told).
+    pub async fn flushed(&self) {
+        // An empty batch takes its turn in the queue and writes nothing.
+        let _ = self.appender.append(Vec::new()).await;
+    }
+
     /// Appends `batch` (in order) and waits for the commit; returns their ids.
     pub async fn publish(&self, batch: &[NewEvent]) -> Result<Vec<i64>> {
         self.appender.append(batch.to_vec()).await

@@ -207,14 +207,11 @@ impl RunActor {
                 let publisher = self.publisher.clone();
                 ctx.spawn(
                     async move {
+                        // The run's earlier events (queued after their upserts
+                        // committed) are appended first; the finish transaction
+                        // then appends Run.Finished.v1 itself, once, after them.
+                        publisher.flushed().await;
                         let res = ops::finish_run(&pool, &m.tenant, id, m.status).await;
-                        if let Ok(run) = &res {
-                            publisher.publish_detached(vec![ops::run_event(
-                                run,
-                                "Run.Finished.v1",
-                                json!({ "runId": run.id, "status": run.status }),
-                            )]);
-                        }
                         let finished = res.is_ok()
                             || matches!(&res, Err(Error::Rejected { code, .. }) if *code == crate::ErrorCode::RunFinished);
                         let _ = tx.send(res);

@@ -93,8 +93,9 @@ pub fn run_finished() -> Error {
     Error::rejected(ErrorCode::RunFinished, "the run has finished")
 }
 
-/// Finish: status and endedAt. (`Run.Finished.v1` is queued by the run's
-/// actor after the commit, behind the run's earlier events.)
+/// Finish: status, endedAt and `Run.Finished.v1` in one transaction. The
+/// run's actor calls it only after the run's earlier events are appended, so
+/// the event follows them in commit order.
 pub async fn finish_run(
     pool: &Pool,
     tenant: &TenantId,
