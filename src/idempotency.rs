@@ -2,8 +2,9 @@
 //! replay a completed response byte for byte, hand the claim to the write that
 //! completes it in its own transaction, record refusals, free it on 5xx.
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::dev::ResourceDef;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use actors::domain::TenantId;
 use actors::idempotency::{self, Claim, ClaimOutcome, Idem, IdemKey, Recorded};
@@ -11,6 +12,7 @@ use actors::ErrorCode;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ShapedError};
 use crate::state::AppState;
 
@@ -38,6 +40,29 @@ fn with_ttl(mut res: HttpResponse, state: &AppState) -> HttpResponse {
         HeaderValue::from(ttl_secs(state)),
     );
     res
+}
+
+/// The routes that honour `Idempotency-Key` (all POSTs that create).
+static KEYED_ROUTES: std::sync::LazyLock<Vec<ResourceDef>> = std::sync::LazyLock::new(|| {
+    ["/scripts", "/scripts/{id}/versions", "/runs", "/commands"]
+        .into_iter()
+        .map(ResourceDef::new)
+        .collect()
+});
+
+/// Whether `method path` is a keyed route: every response to it carries
+/// `Idempotency-TTL`, also those made before its handler runs (401, 413,
+/// 415, 400 of the body, 429).
+pub fn is_keyed_route(method: &Method, path: &str) -> bool {
+    *method == Method::POST && KEYED_ROUTES.iter().any(|r| r.is_match(path))
+}
+
+/// Adds `Idempotency-TTL` unless the response has it.
+pub fn ensure_ttl(headers: &mut HeaderMap, state: &AppState) {
+    let name = HeaderName::from_static(IDEMPOTENCY_TTL);
+    if !headers.contains_key(&name) {
+        headers.insert(name, HeaderValue::from(ttl_secs(state)));
+    }
 }
 
 /// A JSON response as recorded (and sent) by a keyed route: its status, the
@@ -79,10 +104,17 @@ fn error_recorded(err: &ApiError) -> Recorded {
 }
 
 /// Validates the `Idempotency-Key` header and claims it (scope: tenant,
-/// method, concrete path, key; fingerprint: SHA-256 of the raw body). Refusals
-/// (in use, reused, a bad key) come back as the response to send.
-pub async fn begin(state: &AppState, req: &HttpRequest, tenant: &TenantId, raw: &[u8]) -> Begun {
-    match try_begin(state, req, tenant, raw).await {
+/// caller, method, concrete path, key; fingerprint: SHA-256 of the raw body).
+/// Refusals (in use, reused, a bad key) come back as the response to send.
+/// Call it only once the caller is known to be allowed to make the request.
+pub async fn begin(
+    state: &AppState,
+    req: &HttpRequest,
+    caller: &Caller,
+    tenant: &TenantId,
+    raw: &[u8],
+) -> Begun {
+    match try_begin(state, req, caller, tenant, raw).await {
         Ok(begun) => begun,
         Err(err) => Begun::Respond(with_ttl(err.error_response(), state)),
     }
@@ -91,6 +123,7 @@ pub async fn begin(state: &AppState, req: &HttpRequest, tenant: &TenantId, raw: 
 async fn try_begin(
     state: &AppState,
     req: &HttpRequest,
+    caller: &Caller,
     tenant: &TenantId,
     raw: &[u8],
 ) -> Result<Begun, ApiError> {
@@ -112,6 +145,7 @@ async fn try_begin(
         })?;
     let key = IdemKey {
         tenant: tenant.to_string(),
+        caller: caller.actor_id.to_string(),
         method: req.method().to_string(),
         path: req.path().to_string(),
         key: key.to_string(),

@@ -114,6 +114,11 @@ pub async fn request_context(
             if let Ok(v) = HeaderValue::from_str(&correlation_id) {
                 res.headers_mut().insert(CORRELATION_HEADER, v);
             }
+            if let Some(state) = &state {
+                if crate::idempotency::is_keyed_route(&method, res.request().path()) {
+                    crate::idempotency::ensure_ttl(res.headers_mut(), state);
+                }
+            }
             log(
                 res.status().as_u16(),
                 res.request().match_pattern().as_deref(),

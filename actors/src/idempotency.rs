@@ -14,6 +14,8 @@ use crate::store;
 #[derive(Debug, Clone)]
 pub struct IdemKey {
     pub tenant: String,
+    /// The caller's actor id: one caller's key never answers another caller.
+    pub caller: String,
     pub method: String,
     pub path: String,
     pub key: String,
@@ -89,9 +91,9 @@ pub async fn claim(
         let stmt = client
             .prepare_cached(
                 "INSERT INTO idempotency_keys (tenant_id, method, path, key, fingerprint, state, locked_until, \
-                   created_at, expires_at, claim_id) \
-                 VALUES ($1, $2, $3, $4, $5, 'IN_FLIGHT', $6, $7, $8, $9) \
-                 ON CONFLICT (tenant_id, method, path, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+                   created_at, expires_at, claim_id, caller) \
+                 VALUES ($1, $2, $3, $4, $5, 'IN_FLIGHT', $6, $7, $8, $9, $10) \
+                 ON CONFLICT (tenant_id, caller, method, path, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
                    state = 'IN_FLIGHT', response_status = NULL, response_headers = NULL, response_body = NULL, \
                    locked_until = EXCLUDED.locked_until, created_at = EXCLUDED.created_at, \
                    expires_at = EXCLUDED.expires_at, claim_id = EXCLUDED.claim_id \
@@ -114,6 +116,7 @@ pub async fn claim(
                     &now,
                     &(now + ttl),
                     &claim_id,
+                    &key.caller,
                 ],
             )
             .await?;
@@ -123,11 +126,15 @@ pub async fn claim(
         let stmt = client
             .prepare_cached(
                 "SELECT fingerprint, state, response_status, response_headers, response_body \
-                 FROM idempotency_keys WHERE tenant_id = $1 AND method = $2 AND path = $3 AND key = $4",
+                 FROM idempotency_keys WHERE tenant_id = $1 AND method = $2 AND path = $3 AND key = $4 \
+                   AND caller = $5",
             )
             .await?;
         let Some(row) = client
-            .query_opt(&stmt, &[&key.tenant, &key.method, &key.path, &key.key])
+            .query_opt(
+                &stmt,
+                &[&key.tenant, &key.method, &key.path, &key.key, &key.caller],
+            )
             .await?
         else {
             // Purged between the two statements: claim again.
@@ -169,7 +176,7 @@ pub async fn complete(client: &impl GenericClient, claim: &Claim, rec: &Recorded
             "UPDATE idempotency_keys SET state = 'COMPLETED', response_status = $6, response_headers = $7, \
                response_body = $8, locked_until = NULL \
              WHERE tenant_id = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5 \
-               AND state = 'IN_FLIGHT'",
+               AND state = 'IN_FLIGHT' AND caller = $9",
         )
         .await?;
     let headers = Value::Array(
@@ -191,6 +198,7 @@ pub async fn complete(client: &impl GenericClient, claim: &Claim, rec: &Recorded
                 &(rec.status as i16),
                 &headers,
                 &rec.body,
+                &k.caller,
             ],
         )
         .await?;
@@ -209,14 +217,21 @@ pub async fn release(pool: &Pool, claim: &Claim) -> Result<()> {
     let stmt = client
         .prepare_cached(
             "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND method = $2 AND path = $3 AND key = $4 \
-               AND claim_id = $5 AND state = 'IN_FLIGHT'",
+               AND claim_id = $5 AND state = 'IN_FLIGHT' AND caller = $6",
         )
         .await?;
     let k = &claim.key;
     client
         .execute(
             &stmt,
-            &[&k.tenant, &k.method, &k.path, &k.key, &claim.claim_id],
+            &[
+                &k.tenant,
+                &k.method,
+                &k.path,
+                &k.key,
+                &claim.claim_id,
+                &k.caller,
+            ],
         )
         .await?;
     Ok(())

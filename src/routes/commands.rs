@@ -139,19 +139,23 @@ pub async fn post_command(
     body: JsonBody<CommandRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = ctx.tenant(None)?;
-    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+    // Authorization comes before the key is looked up: a refused caller
+    // neither claims nor reads anyone's key.
+    if state.auth.mode() == AuthMode::Jwt
+        && body.value.actor.user_id != ctx.caller.actor_id.as_str()
+    {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "actor.userId must be the token's subject",
+        ));
+    }
+    let claim = match idem::begin(&state, &req, &ctx.caller, &tenant, &body.raw).await {
         Begun::Respond(res) => return Ok(res),
         Begun::Proceed(claim) => claim,
     };
     let result = async {
         body.validate().map_err(to_api)?;
         let b = body.value;
-        if state.auth.mode() == AuthMode::Jwt && b.actor.user_id != ctx.caller.actor_id.as_str() {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "actor.userId must be the token's subject",
-            ));
-        }
         let correlation_id = match b.correlation_id.as_deref() {
             Some(c) => Uuid::parse_str(c)
                 .map_err(|_| ApiError::field("correlationId", "must be a UUID"))?,

@@ -230,7 +230,7 @@ pub async fn start_run(
     body: JsonBody<StartRunRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = ctx.tenant(body.tenant_id.as_deref())?;
-    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+    let claim = match idem::begin(&state, &req, &ctx.caller, &tenant, &body.raw).await {
         Begun::Respond(res) => return Ok(res),
         Begun::Proceed(claim) => claim,
     };

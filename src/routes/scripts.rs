@@ -287,7 +287,7 @@ pub async fn create_script(
     body: JsonBody<CreateScriptRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = ctx.tenant(body.tenant_id.as_deref())?;
-    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+    let claim = match idem::begin(&state, &req, &ctx.caller, &tenant, &body.raw).await {
         Begun::Respond(res) => return Ok(res),
         Begun::Proceed(claim) => claim,
     };
@@ -497,7 +497,7 @@ pub async fn create_version(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;
     let tenant = ctx.tenant(None)?;
-    let claim = match idem::begin(&state, &req, &tenant, &body.raw).await {
+    let claim = match idem::begin(&state, &req, &ctx.caller, &tenant, &body.raw).await {
         Begun::Respond(res) => return Ok(res),
         Begun::Proceed(claim) => claim,
     };

@@ -415,3 +415,122 @@ async fn every_event_of_a_run_once_and_finished_last() {
         assert_eq!(seen[run], expected_names(run), "run {run} on the stream");
     }
 }
+
+// ---------- idempotency keys belong to their caller ----------
+
+#[actix_web::test]
+async fn idempotency_keys_never_cross_callers() {
+    let app = spawn_app_with(|s| {
+        s.auth.mode = scriptd::settings::AuthMode::Jwt;
+        s.auth.jwt_secret = SECRET.to_string().into();
+    })
+    .await;
+    let alice = token(json!({ "sub": "alice", "tenant": TENANT, "exp": now() + 600 }));
+    let bob = token(json!({ "sub": "bob", "tenant": TENANT, "exp": now() + 600 }));
+    let send = |who: &str, key: &str, user: &str| {
+        app.raw(Method::POST, "/commands")
+            .bearer_auth(who)
+            .header("x-tenant-id", TENANT)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "command": "Orders.Place.v1", "actor": { "userId": user } }))
+            .send()
+    };
+
+    // Bob's refused request first: it is not stored, so Alice's own request
+    // with the same key and body is hers.
+    let refused = send(&bob, "k-1", "alice").await.unwrap();
+    assert!(refused.headers().contains_key("idempotency-ttl"));
+    assert_error(refused, 403, "FORBIDDEN").await;
+    let first = send(&alice, "k-1", "alice").await.unwrap();
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let accepted = json_of(first, 202).await;
+
+    // Alice's recorded answer is replayed to Alice only; Bob gets his own 403.
+    let again = send(&alice, "k-1", "alice").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(again, 202).await, accepted);
+    let refused = send(&bob, "k-1", "alice").await.unwrap();
+    assert!(refused.headers().get("idempotent-replayed").is_none());
+    assert_error(refused, 403, "FORBIDDEN").await;
+
+    // Bob's own request with the same key is a new command, not Alice's.
+    let his = send(&bob, "k-1", "bob").await.unwrap();
+    assert!(his.headers().get("idempotent-replayed").is_none());
+    let his = json_of(his, 202).await;
+    assert_ne!(his["commandId"], accepted["commandId"]);
+
+    let db = app.db().await;
+    let commands: i64 = db
+        .query_one("SELECT count(*) FROM command_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(commands, 2);
+    let keys: Vec<(String, i16)> = db
+        .query(
+            "SELECT caller, response_status FROM idempotency_keys ORDER BY caller",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(keys, vec![("alice".into(), 202), ("bob".into(), 202)]);
+}
+
+#[actix_web::test]
+async fn every_answer_of_a_keyed_route_says_its_idempotency_ttl() {
+    let app = spawn_app_with(|s| s.limits.default_body_bytes = 1024).await;
+    let script = crate::scripts::create_script(&app, "ttl").await;
+    let versions = format!("/scripts/{}/versions", script["id"].as_str().unwrap());
+    for path in ["/scripts", versions.as_str(), "/runs", "/commands"] {
+        let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+            (
+                app.req(Method::POST, path)
+                    .header("content-type", "application/json")
+                    .body("{nope"),
+                400,
+                "MALFORMED_JSON",
+            ),
+            (
+                app.req(Method::POST, path)
+                    .header("content-type", "text/plain")
+                    .body("{}"),
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+            ),
+            (
+                app.raw(Method::POST, path)
+                    .header("x-tenant-id", TENANT)
+                    .json(&json!({})),
+                401,
+                "UNAUTHORIZED",
+            ),
+        ];
+        for (req, status, code) in cases {
+            let res = req.header("Idempotency-Key", "k").send().await.unwrap();
+            assert_eq!(
+                res.headers()
+                    .get("idempotency-ttl")
+                    .map(|v| v.to_str().unwrap()),
+                Some("86400"),
+                "{path} {status}"
+            );
+            assert_error(res, status, code).await;
+        }
+    }
+    // Over the body limit of /scripts (64 KiB by default; 1 KiB here).
+    let res = app
+        .req(Method::POST, "/scripts")
+        .header("Idempotency-Key", "k")
+        .json(&json!({ "name": "x".repeat(2000), "slug": "big" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["idempotency-ttl"], "86400");
+    assert_error(res, 413, "PAYLOAD_TOO_LARGE").await;
+    // Not a keyed route: no such header.
+    let res = app.get("/scripts").await;
+    assert!(res.headers().get("idempotency-ttl").is_none());
+}

@@ -111,8 +111,8 @@ async fn a_key_in_flight_is_409_and_an_abandoned_one_is_taken_over() {
     let db = app.db().await;
     // The first request holds the key (another process, mid-write).
     db.execute(
-        "INSERT INTO idempotency_keys (tenant_id, method, path, key, fingerprint, state, locked_until, created_at, expires_at, claim_id)
-         VALUES ($1, 'POST', $2, 'held', $3, 'IN_FLIGHT', now() + interval '1 hour', now(), now() + interval '1 day', gen_random_uuid())",
+        "INSERT INTO idempotency_keys (tenant_id, caller, method, path, key, fingerprint, state, locked_until, created_at, expires_at, claim_id)
+         VALUES ($1, 'alice', 'POST', $2, 'held', $3, 'IN_FLIGHT', now() + interval '1 hour', now(), now() + interval '1 day', gen_random_uuid())",
         &[&TENANT, &path, &fingerprint],
     )
     .await
