@@ -55,7 +55,7 @@ pub fn redacted_target(path: &str, query: &str) -> String {
 }
 
 pub async fn request_context(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
@@ -98,6 +98,10 @@ pub async fn request_context(
     }
     req.extensions_mut()
         .insert(CorrelationId(correlation_id.clone()));
+    // HEAD is answered like GET; actix-http sends no body for a HEAD request.
+    if req.method() == actix_web::http::Method::HEAD {
+        req.head_mut().method = actix_web::http::Method::GET;
+    }
     let outcome = AssertUnwindSafe(next.call(req))
         .catch_unwind()
         .instrument(span.clone())

@@ -31,6 +31,7 @@ pub struct HttpSettings {
     pub port: u16,
     pub cors_origins: Vec<String>,
     pub shutdown_timeout_secs: u64,
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

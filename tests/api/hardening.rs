@@ -534,3 +534,68 @@ async fn every_answer_of_a_keyed_route_says_its_idempotency_ttl() {
     let res = app.get("/scripts").await;
     assert!(res.headers().get("idempotency-ttl").is_none());
 }
+
+// ---------- smaller gaps ----------
+
+#[actix_web::test]
+async fn a_trickled_body_times_out_with_408() {
+    let app = spawn_app_with(|s| s.http.body_timeout_secs = 1).await;
+    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nx-tenant-id: {TENANT}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // One more byte now and then, never the whole body.
+    let answer = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            tokio::select! {
+                n = stream.read(&mut buf) => {
+                    let n = n.unwrap();
+                    if n == 0 { break; }
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}") { break; }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                    let _ = stream.write_all(b" ").await;
+                }
+            }
+        }
+        String::from_utf8_lossy(&got).to_string()
+    })
+    .await
+    .expect("an answer before the client gives up");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
+}
+
+#[actix_web::test]
+async fn head_is_answered_like_get_without_a_body() {
+    let app = spawn_app().await;
+    let script = crate::scripts::create_script(&app, "head").await;
+    let path = format!("/scripts/{}", script["id"].as_str().unwrap());
+    for p in ["/healthz", "/scripts", path.as_str()] {
+        let get = app.get(p).await;
+        assert_eq!(get.status(), 200);
+        let etag = get.headers().get("etag").cloned();
+        let len = get.bytes().await.unwrap().len();
+        let head = app.req(Method::HEAD, p).send().await.unwrap();
+        assert_eq!(head.status(), 200, "{p}");
+        assert_eq!(head.headers().get("etag").cloned(), etag, "{p}");
+        assert_eq!(
+            head.headers()["content-length"],
+            len.to_string().as_str(),
+            "{p}"
+        );
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+    // HEAD on a POST-only route is still 405.
+    let res = app.req(Method::HEAD, "/commands").send().await.unwrap();
+    assert_eq!(res.status(), 405);
+}
