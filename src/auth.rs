@@ -5,7 +5,7 @@ use std::future::{ready, Ready};
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use actors::domain::{ActorId, TenantId};
 use actors::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -191,11 +191,7 @@ pub const QUERY_TOKEN_ROUTE: &str = "/events/stream";
 
 /// The `access_token` query parameter, percent-decoded.
 fn query_token(req: &HttpRequest) -> Option<String> {
-    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .ok()?
-        .into_inner()
-        .into_iter()
-        .find_map(|(k, v)| (k == "access_token" && !v.is_empty()).then_some(v))
+    crate::extract::query_param(req.query_string(), "access_token").filter(|t| !t.is_empty())
 }
 
 /// A caller verified earlier in the same request (by the rate limiter, which

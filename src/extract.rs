@@ -368,6 +368,12 @@ fn struct_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
     fields
 }
 
+/// The first value of query parameter `name`, both percent-decoded, as the
+/// server's extractors read them.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find_map(|(k, v)| (k == name).then(|| v.into_owned()))
+}
+
 /// Parses a query string (`a=1&b=x`) as `T`; errors name the parameter.
 pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();

@@ -84,11 +84,7 @@ fn exempt(path: &str) -> bool {
 fn charged_tenant(req: &ServiceRequest, caller: &Caller) -> Option<String> {
     let named = match req.headers().get("x-tenant-id") {
         Some(h) => h.to_str().ok().map(str::to_string),
-        None => web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .ok()?
-            .into_inner()
-            .into_iter()
-            .find_map(|(k, v)| (k == "tenantId").then_some(v)),
+        None => crate::extract::query_param(req.query_string(), "tenantId"),
     }?;
     let tenant = TenantId::parse(&named).ok()?;
     caller.check_tenant(&tenant).ok()?;
