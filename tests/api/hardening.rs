@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::*;
-use crate::runs::{published_script, start_run, upsert};
 use crate::security::{now, token, SECRET};
 
 const ADMIN: &str = "dev-admin";
@@ -482,7 +481,7 @@ async fn idempotency_keys_never_cross_callers() {
 #[actix_web::test]
 async fn every_answer_of_a_keyed_route_says_its_idempotency_ttl() {
     let app = spawn_app_with(|s| s.limits.default_body_bytes = 1024).await;
-    let script = crate::scripts::create_script(&app, "ttl").await;
+    let script = create_script(&app, "ttl").await;
     let versions = format!("/scripts/{}/versions", script["id"].as_str().unwrap());
     for path in ["/scripts", versions.as_str(), "/runs", "/commands"] {
         let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
@@ -578,7 +577,7 @@ async fn a_trickled_body_times_out_with_408() {
 #[actix_web::test]
 async fn head_is_answered_like_get_without_a_body() {
     let app = spawn_app().await;
-    let script = crate::scripts::create_script(&app, "head").await;
+    let script = create_script(&app, "head").await;
     let path = format!("/scripts/{}", script["id"].as_str().unwrap());
     for p in ["/healthz", "/scripts", path.as_str()] {
         let get = app.get(p).await;

@@ -9,7 +9,6 @@ use reqwest::{Method, Response};
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::scripts::{create_script, create_version};
 
 /// A 400 VALIDATION_FAILED whose `details.fields` names exactly `expected`,
 /// each with a non-empty message; returns the body.

@@ -542,3 +542,193 @@ impl Drop for ServerProcess {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+// ---------- request and answer shorthands ----------
+
+/// Sends a request built by hand; a transport error fails the test.
+pub async fn send(req: RequestBuilder) -> Response {
+    req.send().await.expect("request")
+}
+
+/// Sends `req` and asserts the error shape and code (see `assert_error`).
+pub async fn send_err(req: RequestBuilder, status: u16, code: &str) -> Value {
+    assert_error(send(req).await, status, code).await
+}
+
+/// Sends `req` and returns its JSON body, asserting the status.
+pub async fn send_json(req: RequestBuilder, status: u16) -> Value {
+    json_of(send(req).await, status).await
+}
+
+/// A string field of a JSON value, owned.
+pub fn str_of(v: &Value) -> String {
+    v.as_str().expect("a string").to_string()
+}
+
+/// The `items` array of a list page.
+pub fn items(page: &Value) -> &Vec<Value> {
+    page["items"].as_array().expect("items")
+}
+
+/// The string field `key` of every element of `list`, in order.
+pub fn strings(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| str_of(&v[key]))
+        .collect()
+}
+
+/// The integer field `key` of every element of `list`, in order.
+pub fn numbers(list: &Value, key: &str) -> Vec<i64> {
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| v[key].as_i64().expect("a number"))
+        .collect()
+}
+
+impl TestApp {
+    /// A request with the default token and `tenant`.
+    pub fn as_tenant(&self, method: Method, path: &str, tenant: &str) -> RequestBuilder {
+        self.raw(method, path)
+            .bearer_auth(TOKEN)
+            .header("x-tenant-id", tenant)
+    }
+
+    /// A request with `token` and `tenant`.
+    pub fn with_token(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        tenant: &str,
+    ) -> RequestBuilder {
+        self.raw(method, path)
+            .bearer_auth(token)
+            .header("x-tenant-id", tenant)
+    }
+
+    /// A request as the dev-mode admin (no tenant).
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.raw(method, path).bearer_auth(ADMIN)
+    }
+
+    /// `GET path` as the dev-mode admin.
+    pub async fn admin_get(&self, path: &str) -> Response {
+        send(self.admin(Method::GET, path)).await
+    }
+
+    pub async fn get_json(&self, path: &str, status: u16) -> Value {
+        json_of(self.get(path).await, status).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value, status: u16) -> Value {
+        json_of(self.post(path, body).await, status).await
+    }
+
+    pub async fn patch_json(&self, path: &str, body: &Value, status: u16) -> Value {
+        json_of(self.patch(path, body).await, status).await
+    }
+
+    pub async fn get_err(&self, path: &str, status: u16, code: &str) -> Value {
+        assert_error(self.get(path).await, status, code).await
+    }
+
+    pub async fn post_err(&self, path: &str, body: &Value, status: u16, code: &str) -> Value {
+        assert_error(self.post(path, body).await, status, code).await
+    }
+
+    pub async fn patch_err(&self, path: &str, body: &Value, status: u16, code: &str) -> Value {
+        assert_error(self.patch(path, body).await, status, code).await
+    }
+
+    /// A 400 VALIDATION_FAILED to `GET path`.
+    pub async fn get_invalid(&self, path: &str) -> Value {
+        self.get_err(path, 400, "VALIDATION_FAILED").await
+    }
+
+    /// A 400 VALIDATION_FAILED to `POST path`.
+    pub async fn post_invalid(&self, path: &str, body: &Value) -> Value {
+        self.post_err(path, body, 400, "VALIDATION_FAILED").await
+    }
+
+    /// An SSE stream opened with a request built by hand from `query`
+    /// (`tenantId=…&…`), with the default token.
+    pub async fn sse_query(&self, query: &str) -> SseClient {
+        SseClient::connect(self.stream_req(query).bearer_auth(TOKEN)).await
+    }
+
+    /// `GET /events/stream?{query}` with no headers.
+    pub fn stream_req(&self, query: &str) -> RequestBuilder {
+        self.raw(Method::GET, &format!("/events/stream?{query}"))
+    }
+}
+
+pub const ADMIN: &str = "dev-admin";
+
+// ---------- fixtures: scripts, versions, runs ----------
+
+pub fn graph() -> Value {
+    serde_json::json!({ "nodes": [{ "id": "n1" }], "edges": [] })
+}
+
+pub async fn create_script(app: &TestApp, slug: &str) -> Value {
+    let body = serde_json::json!({ "name": format!("Script {slug}"), "slug": slug });
+    app.post_json("/scripts", &body, 201).await
+}
+
+/// A new script's id.
+pub async fn script_id(app: &TestApp, slug: &str) -> String {
+    str_of(&create_script(app, slug).await["id"])
+}
+
+pub async fn create_version(app: &TestApp, id: &str) -> Value {
+    let body = serde_json::json!({ "graphJson": graph() });
+    app.post_json(&format!("/scripts/{id}/versions"), &body, 201)
+        .await
+}
+
+/// `POST /scripts/{id}/versions/{version}/publish` with `{}`, answered 200.
+pub async fn publish_version(app: &TestApp, id: &str, version: impl std::fmt::Display) -> Value {
+    let path = format!("/scripts/{id}/versions/{version}/publish");
+    app.post_json(&path, &serde_json::json!({}), 200).await
+}
+
+/// A script with a published version 1 (and an unpublished version 2).
+pub async fn published_script(app: &TestApp, slug: &str) -> String {
+    let id = script_id(app, slug).await;
+    create_version(app, &id).await;
+    create_version(app, &id).await;
+    publish_version(app, &id, 1).await;
+    id
+}
+
+pub async fn start_run(app: &TestApp, script: &str) -> String {
+    let body = serde_json::json!({ "scriptId": script });
+    str_of(&app.post_json("/runs", &body, 201).await["runId"])
+}
+
+pub async fn upsert(app: &TestApp, run: &str, items: Value) -> Response {
+    app.post(&format!("/runs/{run}/vars"), &items).await
+}
+
+pub async fn finish(app: &TestApp, run: &str, status: &str) -> Response {
+    let body = serde_json::json!({ "status": status });
+    app.post(&format!("/runs/{run}/finish"), &body).await
+}
+
+/// Every request (another tenant's view of one resource) answers 404
+/// NOT_FOUND, and the list route `list` shows that tenant nothing.
+pub async fn assert_invisible(app: &TestApp, tenant: &str, reqs: Vec<RequestBuilder>, list: &str) {
+    for req in reqs {
+        send_err(req, 404, "NOT_FOUND").await;
+    }
+    let page = send_json(app.as_tenant(Method::GET, list, tenant), 200).await;
+    assert_eq!(page["items"], serde_json::json!([]));
+}
+
+/// Sends every request at once; the answers in order.
+pub async fn send_all(reqs: Vec<RequestBuilder>) -> Vec<Response> {
+    futures::future::join_all(reqs.into_iter().map(send)).await
+}

@@ -7,36 +7,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::scripts::{create_script, create_version};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A script with a published version 1 (and an unpublished version 2).
-pub(crate) async fn published_script(app: &TestApp, slug: &str) -> String {
-    let s = create_script(app, slug).await;
-    let id = s["id"].as_str().unwrap().to_string();
-    create_version(app, &id).await;
-    create_version(app, &id).await;
-    json_of(
-        app.post(&format!("/scripts/{id}/versions/1/publish"), &json!({}))
-            .await,
-        200,
-    )
-    .await;
-    id
-}
-
-pub(crate) async fn start_run(app: &TestApp, script: &str) -> String {
-    let res = app.post("/runs", &json!({ "scriptId": script })).await;
-    json_of(res, 201).await["runId"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-pub(crate) async fn upsert(app: &TestApp, run: &str, items: Value) -> reqwest::Response {
-    app.post(&format!("/runs/{run}/vars"), &items).await
-}
 
 #[actix_web::test]
 async fn a_run_starts_on_the_active_or_a_given_version() {
@@ -63,15 +35,8 @@ async fn a_run_starts_on_the_active_or_a_given_version() {
     assert_eq!(run["endedAt"], Value::Null);
     assert_eq!(run["tenantId"], TENANT);
 
-    let v2 = json_of(
-        app.post(
-            "/runs",
-            &json!({ "scriptId": script, "version": 2, "startedById": "bot" }),
-        )
-        .await,
-        201,
-    )
-    .await;
+    let pinned = json!({ "scriptId": script, "version": 2, "startedById": "bot" });
+    let v2 = app.post_json("/runs", &pinned, 201).await;
     assert_eq!(
         (
             v2["run"]["version"].clone(),
@@ -79,65 +44,40 @@ async fn a_run_starts_on_the_active_or_a_given_version() {
         ),
         (json!(2), json!("bot"))
     );
-    assert_error(
-        app.post("/runs", &json!({ "scriptId": script, "version": 9 }))
-            .await,
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    assert_error(
-        app.post("/runs", &json!({ "scriptId": uuid::Uuid::now_v7() }))
-            .await,
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    assert_error(
-        app.post("/runs", &json!({ "scriptId": "nope" })).await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        app.post("/runs", &json!({})).await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
+    let refusals = [
+        (
+            json!({ "scriptId": script, "version": 9 }),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            json!({ "scriptId": uuid::Uuid::now_v7() }),
+            404,
+            "NOT_FOUND",
+        ),
+        (json!({ "scriptId": "nope" }), 400, "VALIDATION_FAILED"),
+        (json!({}), 400, "VALIDATION_FAILED"),
+    ];
+    for (body, status, code) in &refusals {
+        app.post_err("/runs", body, *status, code).await;
+    }
 
-    let draft = create_script(&app, "draft").await;
-    let draft = draft["id"].as_str().unwrap();
-    assert_error(
-        app.post("/runs", &json!({ "scriptId": draft })).await,
-        409,
-        "NO_ACTIVE_VERSION",
-    )
-    .await;
-    json_of(
-        app.patch(
-            &format!("/scripts/{script}"),
-            &json!({ "status": "ARCHIVED" }),
-        )
-        .await,
-        200,
-    )
-    .await;
-    assert_error(
-        app.post("/runs", &json!({ "scriptId": script })).await,
-        409,
-        "SCRIPT_ARCHIVED",
-    )
-    .await;
+    let draft = script_id(&app, "draft").await;
+    let draft_run = json!({ "scriptId": draft });
+    app.post_err("/runs", &draft_run, 409, "NO_ACTIVE_VERSION")
+        .await;
+    let archive = json!({ "status": "ARCHIVED" });
+    app.patch_json(&format!("/scripts/{script}"), &archive, 200)
+        .await;
+    let archived_run = json!({ "scriptId": script });
+    app.post_err("/runs", &archived_run, 409, "SCRIPT_ARCHIVED")
+        .await;
 
-    let res = app
+    let req = app
         .raw(Method::POST, "/runs")
         .bearer_auth(TOKEN)
-        .json(&json!({ "tenantId": "other", "scriptId": draft }))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 404, "NOT_FOUND").await;
+        .json(&json!({ "tenantId": "other", "scriptId": draft }));
+    send_err(req, 404, "NOT_FOUND").await;
 }
 
 #[actix_web::test]
@@ -161,8 +101,10 @@ async fn variables_upsert_by_key_with_one_typed_value() {
     assert_eq!(body["runId"], run.as_str());
     assert_eq!(body["upserted"], 4);
     let vars = body["vars"].as_array().unwrap();
-    let keys: Vec<&str> = vars.iter().map(|v| v["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, vec!["age", "name", "profile", "vip"]);
+    assert_eq!(
+        strings(&body["vars"], "key"),
+        ["age", "name", "profile", "vip"]
+    );
     assert_eq!(
         vars[1],
         json!({ "key": "name", "strVal": "Bia", "numVal": null, "boolVal": null, "jsonVal": null, "updatedAt": vars[1]["updatedAt"] })
@@ -172,24 +114,26 @@ async fn variables_upsert_by_key_with_one_typed_value() {
     assert_eq!(vars[3]["boolVal"], true);
 
     // A new type replaces the old one.
-    let body = json_of(
-        upsert(&app, &run, json!([{ "key": "name", "numVal": 7 }])).await,
-        200,
-    )
-    .await;
+    let retyped = upsert(&app, &run, json!([{ "key": "name", "numVal": 7 }])).await;
+    let body = json_of(retyped, 200).await;
     assert_eq!(body["vars"][0]["strVal"], Value::Null);
     assert_eq!(body["vars"][0]["numVal"], 7.0);
 
-    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    let got = app.get_json(&format!("/runs/{run}"), 200).await;
     assert_eq!(got["status"], "RUNNING");
-    let keys: Vec<&str> = got["vars"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["key"].as_str().unwrap())
-        .collect();
-    assert_eq!(keys, vec!["age", "name", "profile", "vip"]);
+    assert_eq!(
+        strings(&got["vars"], "key"),
+        ["age", "name", "profile", "vip"]
+    );
     assert_eq!(got["vars"][1]["numVal"], 7.0);
+}
+
+/// `n` items that each set one boolean variable.
+fn bool_items(n: usize) -> Value {
+    let items: Vec<Value> = (0..n)
+        .map(|i| json!({ "key": format!("k{i}"), "boolVal": true }))
+        .collect();
+    json!(items)
 }
 
 #[actix_web::test]
@@ -218,49 +162,22 @@ async fn invalid_variables_answer_400_with_the_item_named() {
             "{body} → {err}"
         );
     }
-    let many: Vec<Value> = (0..501)
-        .map(|i| json!({ "key": format!("k{i}"), "boolVal": true }))
-        .collect();
-    assert_error(
-        upsert(&app, &run, json!(many)).await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    let five_hundred: Vec<Value> = (0..500)
-        .map(|i| json!({ "key": format!("k{i}"), "boolVal": true }))
-        .collect();
-    assert_eq!(
-        json_of(upsert(&app, &run, json!(five_hundred)).await, 200).await["upserted"],
-        500
-    );
+    let res = upsert(&app, &run, bool_items(501)).await;
+    assert_error(res, 400, "VALIDATION_FAILED").await;
+    let res = upsert(&app, &run, bool_items(500)).await;
+    assert_eq!(json_of(res, 200).await["upserted"], 500);
     let huge = json!([{ "key": "big", "strVal": "x".repeat(1024 * 1024) }]);
     assert_error(upsert(&app, &run, huge).await, 413, "PAYLOAD_TOO_LARGE").await;
-    let res = app
+    let req = app
         .req(Method::POST, &format!("/runs/{run}/vars"))
         .header("content-type", "application/json")
-        .body("[{\"key\": \"a\", \"numVal\": 1e400}]")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
-    assert_error(
-        upsert(&app, "not-a-uuid", json!([{ "key": "a", "strVal": "x" }])).await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        upsert(
-            &app,
-            &uuid::Uuid::now_v7().to_string(),
-            json!([{ "key": "a", "strVal": "x" }]),
-        )
-        .await,
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+        .body("[{\"key\": \"a\", \"numVal\": 1e400}]");
+    assert_eq!(send(req).await.status(), 400);
+    let one = json!([{ "key": "a", "strVal": "x" }]);
+    let res = upsert(&app, "not-a-uuid", one.clone()).await;
+    assert_error(res, 400, "VALIDATION_FAILED").await;
+    let res = upsert(&app, &uuid::Uuid::now_v7().to_string(), one).await;
+    assert_error(res, 404, "NOT_FOUND").await;
 }
 
 /// The database holds the key rule too (a second process, or a fix by hand,
@@ -278,14 +195,8 @@ async fn the_database_refuses_the_keys_the_api_refuses() {
         db.execute(insert, &[&run_id, &good])
             .await
             .unwrap_or_else(|e| panic!("{good:?}: {e}"));
-        assert_eq!(
-            json_of(
-                upsert(&app, &run, json!([{ "key": good, "boolVal": false }])).await,
-                200
-            )
-            .await["upserted"],
-            1
-        );
+        let res = upsert(&app, &run, json!([{ "key": good, "boolVal": false }])).await;
+        assert_eq!(json_of(res, 200).await["upserted"], 1);
     }
     let too_long = "k".repeat(201);
     for bad in ["", "a b", "é", "a\nb", "a/b", too_long.as_str()] {
@@ -295,12 +206,8 @@ async fn the_database_refuses_the_keys_the_api_refuses() {
             Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
             "{bad:?}: {err}"
         );
-        assert_error(
-            upsert(&app, &run, json!([{ "key": bad, "boolVal": true }])).await,
-            400,
-            "VALIDATION_FAILED",
-        )
-        .await;
+        let res = upsert(&app, &run, json!([{ "key": bad, "boolVal": true }])).await;
+        assert_error(res, 400, "VALIDATION_FAILED").await;
     }
 }
 
@@ -309,56 +216,20 @@ async fn finish_ends_the_run_and_refuses_later_writes() {
     let app = spawn_app().await;
     let script = published_script(&app, "f").await;
     let run = start_run(&app, &script).await;
-    json_of(
-        upsert(&app, &run, json!([{ "key": "a", "strVal": "x" }])).await,
-        200,
-    )
-    .await;
-    assert_error(
-        app.post(
-            &format!("/runs/{run}/finish"),
-            &json!({ "status": "RUNNING" }),
-        )
-        .await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        app.post(&format!("/runs/{run}/finish"), &json!({ "status": "DONE" }))
-            .await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    let done = json_of(
-        app.post(
-            &format!("/runs/{run}/finish"),
-            &json!({ "status": "SUCCEEDED" }),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let res = upsert(&app, &run, json!([{ "key": "a", "strVal": "x" }])).await;
+    json_of(res, 200).await;
+    for status in ["RUNNING", "DONE"] {
+        let res = finish(&app, &run, status).await;
+        assert_error(res, 400, "VALIDATION_FAILED").await;
+    }
+    let done = json_of(finish(&app, &run, "SUCCEEDED").await, 200).await;
     assert_eq!(done["status"], "SUCCEEDED");
     assert!(done["endedAt"].as_str().unwrap().ends_with('Z'));
-    assert_error(
-        app.post(
-            &format!("/runs/{run}/finish"),
-            &json!({ "status": "FAILED" }),
-        )
-        .await,
-        409,
-        "RUN_FINISHED",
-    )
-    .await;
-    assert_error(
-        upsert(&app, &run, json!([{ "key": "b", "strVal": "y" }])).await,
-        409,
-        "RUN_FINISHED",
-    )
-    .await;
-    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    let res = finish(&app, &run, "FAILED").await;
+    assert_error(res, 409, "RUN_FINISHED").await;
+    let res = upsert(&app, &run, json!([{ "key": "b", "strVal": "y" }])).await;
+    assert_error(res, 409, "RUN_FINISHED").await;
+    let got = app.get_json(&format!("/runs/{run}"), 200).await;
     assert_eq!(got["vars"].as_array().unwrap().len(), 1);
     assert_eq!(got["status"], "SUCCEEDED");
 }
@@ -368,11 +239,7 @@ async fn another_tenants_run_is_404_everywhere() {
     let app = spawn_app().await;
     let script = published_script(&app, "iso").await;
     let run = start_run(&app, &script).await;
-    let other = |m: Method, p: String| {
-        app.raw(m, &p)
-            .bearer_auth(TOKEN)
-            .header("x-tenant-id", "intruder")
-    };
+    let other = |m: Method, p: String| app.as_tenant(m, &p, "intruder");
     let checks = vec![
         other(Method::GET, format!("/runs/{run}")),
         other(Method::POST, format!("/runs/{run}/vars"))
@@ -380,16 +247,8 @@ async fn another_tenants_run_is_404_everywhere() {
         other(Method::POST, format!("/runs/{run}/finish")).json(&json!({ "status": "FAILED" })),
         other(Method::POST, "/runs".into()).json(&json!({ "scriptId": script })),
     ];
-    for req in checks {
-        assert_error(req.send().await.unwrap(), 404, "NOT_FOUND").await;
-    }
-    let list = json_of(
-        other(Method::GET, "/runs".into()).send().await.unwrap(),
-        200,
-    )
-    .await;
-    assert_eq!(list["items"], json!([]));
-    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    assert_invisible(&app, "intruder", checks, "/runs").await;
+    let got = app.get_json(&format!("/runs/{run}"), 200).await;
     assert_eq!(
         (got["status"].clone(), got["vars"].clone()),
         (json!("RUNNING"), json!([]))
@@ -405,29 +264,18 @@ async fn runs_list_by_script_status_and_time() {
     for i in 0..7 {
         all.push(start_run(&app, if i % 2 == 0 { &s1 } else { &s2 }).await);
     }
-    json_of(
-        app.post(
-            &format!("/runs/{}/finish", all[0]),
-            &json!({ "status": "FAILED" }),
-        )
-        .await,
-        200,
-    )
-    .await;
-    let ids = |v: &Value| -> Vec<String> {
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    json_of(finish(&app, &all[0], "FAILED").await, 200).await;
+    let ids = |v: &Value| strings(&v["items"], "id");
     // pages, newest first
-    let p1 = json_of(app.get("/runs?limit=3").await, 200).await;
+    let p1 = app.get_json("/runs?limit=3", 200).await;
     let c = p1["nextCursor"].as_str().unwrap();
-    let p2 = json_of(app.get(&format!("/runs?limit=3&cursor={c}")).await, 200).await;
+    let p2 = app
+        .get_json(&format!("/runs?limit=3&cursor={c}"), 200)
+        .await;
     let c = p2["nextCursor"].as_str().unwrap();
-    let p3 = json_of(app.get(&format!("/runs?limit=3&cursor={c}")).await, 200).await;
+    let p3 = app
+        .get_json(&format!("/runs?limit=3&cursor={c}"), 200)
+        .await;
     assert_eq!(p3["nextCursor"], Value::Null);
     let mut seen = ids(&p1);
     seen.extend(ids(&p2));
@@ -435,42 +283,23 @@ async fn runs_list_by_script_status_and_time() {
     let mut expected = all.clone();
     expected.reverse();
     assert_eq!(seen, expected);
-    assert_eq!(
-        ids(&json_of(app.get(&format!("/runs?scriptId={s2}")).await, 200).await).len(),
-        3
-    );
-    assert_eq!(
-        ids(&json_of(app.get("/runs?status=FAILED").await, 200).await),
-        vec![all[0].clone()]
-    );
+    let by_script = app.get_json(&format!("/runs?scriptId={s2}"), 200).await;
+    assert_eq!(ids(&by_script).len(), 3);
+    let failed = app.get_json("/runs?status=FAILED", 200).await;
+    assert_eq!(ids(&failed), vec![all[0].clone()]);
     // from inclusive, to exclusive
-    let r3 = json_of(app.get(&format!("/runs/{}", all[3])).await, 200).await;
+    let r3 = app.get_json(&format!("/runs/{}", all[3]), 200).await;
     let t3 = r3["startedAt"].as_str().unwrap().replace('Z', "%2B00:00");
-    let from = ids(&json_of(app.get(&format!("/runs?from={t3}")).await, 200).await);
+    let from = ids(&app.get_json(&format!("/runs?from={t3}"), 200).await);
     assert!(from.contains(&all[3]) && !from.contains(&all[0]));
-    let to = ids(&json_of(app.get(&format!("/runs?to={t3}")).await, 200).await);
+    let to = ids(&app.get_json(&format!("/runs?to={t3}"), 200).await);
     assert!(!to.contains(&all[3]) && to.contains(&all[0]));
-    assert_error(
-        app.get("/runs?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z")
-            .await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        app.get("/runs?from=yesterday").await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
+    app.get_invalid("/runs?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z")
+        .await;
+    app.get_invalid("/runs?from=yesterday").await;
     let c = p1["nextCursor"].as_str().unwrap();
-    assert_error(
-        app.get(&format!("/runs?limit=3&cursor={c}&status=RUNNING"))
-            .await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
+    app.get_invalid(&format!("/runs?limit=3&cursor={c}&status=RUNNING"))
+        .await;
 }
 
 #[actix_web::test]
@@ -513,7 +342,7 @@ async fn concurrent_upserts_on_overlapping_keys_keep_every_acknowledged_write() 
         .into_iter()
         .flatten()
         .collect();
-    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
+    let got = app.get_json(&format!("/runs/{run}"), 200).await;
     let stored: HashMap<String, Value> = got["vars"]
         .as_array()
         .unwrap()
@@ -579,12 +408,7 @@ async fn no_upsert_is_acknowledged_after_the_finish() {
             (acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
         })
         .await;
-        let res = app
-            .post(
-                &format!("/runs/{run}/finish"),
-                &json!({ "status": "CANCELLED" }),
-            )
-            .await;
+        let res = finish(&app, &run, "CANCELLED").await;
         let acked = started.elapsed();
         assert_eq!(res.status(), 200);
         acked
@@ -592,13 +416,8 @@ async fn no_upsert_is_acknowledged_after_the_finish() {
     let (results, finish_acked) =
         futures::future::join(futures::future::join_all(tasks), finisher).await;
     let results: Vec<_> = results.into_iter().flatten().collect();
-    let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
-    let stored: Vec<String> = got["vars"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["key"].as_str().unwrap().to_string())
-        .collect();
+    let got = app.get_json(&format!("/runs/{run}"), 200).await;
+    let stored = strings(&got["vars"], "key");
     let ended = got["endedAt"].as_str().unwrap().to_string();
     let mut ok = 0;
     for (key, status, sent, _) in &results {
@@ -649,23 +468,10 @@ async fn a_restarted_run_actor_reloads_its_status() {
     .await
     .unwrap();
     app.state.runs.inject_failure(rid, false).await.unwrap();
-    assert_error(
-        upsert(&app, &run, json!([{ "key": "c", "strVal": "z" }])).await,
-        409,
-        "RUN_FINISHED",
-    )
-    .await;
+    let res = upsert(&app, &run, json!([{ "key": "c", "strVal": "z" }])).await;
+    assert_error(res, 409, "RUN_FINISHED").await;
     app.state.runs.inject_failure(rid, true).await.unwrap();
-    assert_error(
-        app.post(
-            &format!("/runs/{run}/finish"),
-            &json!({ "status": "FAILED" }),
-        )
-        .await,
-        409,
-        "RUN_FINISHED",
-    )
-    .await;
+    assert_error(finish(&app, &run, "FAILED").await, 409, "RUN_FINISHED").await;
     assert_eq!(app.state.runs.registry().counts().restarted, 3);
 }
 
@@ -680,11 +486,7 @@ async fn a_full_run_queue_answers_503_with_retry_after() {
                 .json(&json!([{ "key": format!("k{i}"), "numVal": i }]))
         })
         .collect();
-    let results = futures::future::join_all(
-        reqs.into_iter()
-            .map(|r| async move { r.send().await.unwrap() }),
-    )
-    .await;
+    let results = send_all(reqs).await;
     let mut busy = 0;
     for res in results {
         match res.status().as_u16() {
@@ -706,25 +508,9 @@ async fn run_events_reach_the_stream_of_the_run() {
     let script = published_script(&app, "ev").await;
     let mut all = app.sse(TENANT, "").await;
     let run = start_run(&app, &script).await;
-    json_of(
-        upsert(
-            &app,
-            &run,
-            json!([{ "key": "b", "strVal": "x" }, { "key": "a", "boolVal": false }]),
-        )
-        .await,
-        200,
-    )
-    .await;
-    json_of(
-        app.post(
-            &format!("/runs/{run}/finish"),
-            &json!({ "status": "SUCCEEDED" }),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let two = json!([{ "key": "b", "strVal": "x" }, { "key": "a", "boolVal": false }]);
+    json_of(upsert(&app, &run, two).await, 200).await;
+    json_of(finish(&app, &run, "SUCCEEDED").await, 200).await;
     let started = all.next(WAIT).await.unwrap();
     assert_eq!(started.event, "Run.Started.v1");
     assert_eq!(started.json()["correlationId"], run.as_str());
@@ -767,15 +553,7 @@ async fn run_events_reach_the_stream_of_the_run() {
 }
 
 async fn writer_stat(app: &TestApp, what: &str) -> i64 {
-    let text = app
-        .raw(Method::GET, "/metrics")
-        .bearer_auth("dev-admin")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.admin_get("/metrics").await.text().await.unwrap();
     let prefix = format!("scriptd_var_writer{{what=\"{what}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))
@@ -785,12 +563,7 @@ async fn writer_stat(app: &TestApp, what: &str) -> i64 {
 
 /// Messages waiting in a run actor (its mailbox and its queue).
 async fn run_mailbox(app: &TestApp, run: &str) -> i64 {
-    let res = app
-        .raw(Method::GET, "/admin/actors?kind=run")
-        .bearer_auth("dev-admin")
-        .send()
-        .await
-        .unwrap();
+    let res = app.admin_get("/admin/actors?kind=run").await;
     json_of(res, 200).await["actors"]
         .as_array()
         .unwrap()
@@ -868,25 +641,14 @@ async fn a_failing_write_fails_only_its_own_request() {
     let vars = |run: String| {
         let app = &app;
         async move {
-            let got = json_of(app.get(&format!("/runs/{run}")).await, 200).await;
-            got["vars"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v["key"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
+            let got = app.get_json(&format!("/runs/{run}"), 200).await;
+            strings(&got["vars"], "key")
         }
     };
     assert_eq!(vars(a.clone()).await, vec!["a0"]);
     assert_eq!(vars(b.clone()).await, vec!["b0", "b1", "b2"]);
     assert!(vars(c.clone()).await.is_empty());
     // The runs stay writable.
-    assert_eq!(
-        json_of(
-            upsert(&app, &c, json!([{ "key": "c1", "boolVal": true }])).await,
-            200
-        )
-        .await["upserted"],
-        1
-    );
+    let res = upsert(&app, &c, json!([{ "key": "c1", "boolVal": true }])).await;
+    assert_eq!(json_of(res, 200).await["upserted"], 1);
 }

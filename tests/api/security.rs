@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
-use crate::scripts::{create_script, create_version, graph};
 
 fn version_body() -> Value {
     json!({ "graphJson": graph(), "changelog": "keyed" })
