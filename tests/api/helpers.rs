@@ -732,3 +732,15 @@ pub async fn assert_invisible(app: &TestApp, tenant: &str, reqs: Vec<RequestBuil
 pub async fn send_all(reqs: Vec<RequestBuilder>) -> Vec<Response> {
     futures::future::join_all(reqs.into_iter().map(send)).await
 }
+
+/// The first column of the one row `sql` answers.
+pub async fn scalar<T>(
+    db: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    db.query_one(sql, params).await.expect("query").get(0)
+}

@@ -13,32 +13,31 @@ fn version_body() -> Value {
     json!({ "graphJson": graph(), "changelog": "keyed" })
 }
 
+fn keyed_req(app: &TestApp, path: &str, key: &str) -> reqwest::RequestBuilder {
+    app.req(Method::POST, path).header("Idempotency-Key", key)
+}
+
 async fn keyed(app: &TestApp, path: &str, key: &str, body: &Value) -> reqwest::Response {
-    app.req(Method::POST, path)
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    send(keyed_req(app, path, key).json(body)).await
 }
 
 async fn versions_in_db(app: &TestApp, id: &str) -> i64 {
-    let db = app.db().await;
-    db.query_one(
-        "SELECT count(*) FROM script_versions WHERE script_id = $1",
-        &[&uuid::Uuid::parse_str(id).unwrap()],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    let sql = "SELECT count(*) FROM script_versions WHERE script_id = $1";
+    scalar(&app.db().await, sql, &[&uuid::Uuid::parse_str(id).unwrap()]).await
+}
+
+/// A new script's id and its versions route.
+async fn versions_route(app: &TestApp, slug: &str) -> (String, String) {
+    let id = script_id(app, slug).await;
+    let path = format!("/scripts/{id}/versions");
+    (id, path)
 }
 
 #[actix_web::test]
 async fn a_keyed_retry_replays_the_first_response_byte_for_byte() {
     let app = spawn_app().await;
-    let s = create_script(&app, "idem").await;
-    let id = s["id"].as_str().unwrap();
-    let path = format!("/scripts/{id}/versions");
+    let (id, path) = versions_route(&app, "idem").await;
+    let id = id.as_str();
     let first = keyed(&app, &path, "key-1", &version_body()).await;
     assert_eq!(first.status(), 201);
     assert_eq!(first.headers()["idempotency-ttl"], "86400");
@@ -46,14 +45,8 @@ async fn a_keyed_retry_replays_the_first_response_byte_for_byte() {
     let location = first.headers()["location"].clone();
     let first_body = first.bytes().await.unwrap();
 
-    let second = app
-        .req(Method::POST, &path)
-        .header("Idempotency-Key", "key-1")
-        .header("Correlation-Id", "retry-1")
-        .json(&version_body())
-        .send()
-        .await
-        .unwrap();
+    let retry = keyed_req(&app, &path, "key-1").header("Correlation-Id", "retry-1");
+    let second = send(retry.json(&version_body())).await;
     assert_eq!(second.status(), 201);
     assert_eq!(second.headers()["idempotent-replayed"], "true");
     assert_eq!(second.headers()["idempotency-ttl"], "86400");
@@ -64,25 +57,16 @@ async fn a_keyed_retry_replays_the_first_response_byte_for_byte() {
     assert_eq!(versions_in_db(&app, id).await, 1);
 
     // Same key, another body.
-    let res = keyed(
-        &app,
-        &path,
-        "key-1",
-        &json!({ "graphJson": graph(), "changelog": "other" }),
-    )
-    .await;
+    let other = json!({ "graphJson": graph(), "changelog": "other" });
+    let res = keyed(&app, &path, "key-1", &other).await;
     assert!(res.headers().contains_key("idempotency-ttl"));
     assert_error(res, 422, "IDEMPOTENCY_KEY_REUSED").await;
     // Responses of keyed routes carry the TTL even without a key.
     let res = app.post(&path, &version_body()).await;
     assert_eq!(res.headers()["idempotency-ttl"], "86400");
     // A malformed key.
-    assert_error(
-        keyed(&app, &path, &"k".repeat(256), &version_body()).await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
+    let res = keyed(&app, &path, &"k".repeat(256), &version_body()).await;
+    assert_error(res, 400, "VALIDATION_FAILED").await;
 }
 
 #[actix_web::test]
@@ -102,9 +86,8 @@ async fn refusals_are_replayed_too() {
 #[actix_web::test]
 async fn a_key_in_flight_is_409_and_an_abandoned_one_is_taken_over() {
     let app = spawn_app().await;
-    let s = create_script(&app, "inflight").await;
-    let id = s["id"].as_str().unwrap();
-    let path = format!("/scripts/{id}/versions");
+    let (id, path) = versions_route(&app, "inflight").await;
+    let id = id.as_str();
     let raw = serde_json::to_vec(&version_body()).unwrap();
     let fingerprint = Sha256::digest(&raw).to_vec();
     let db = app.db().await;
@@ -116,15 +99,12 @@ async fn a_key_in_flight_is_409_and_an_abandoned_one_is_taken_over() {
     )
     .await
     .unwrap();
-    let res = app
-        .req(Method::POST, &path)
-        .header("Idempotency-Key", "held")
-        .header("content-type", "application/json")
-        .body(raw.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 409, "IDEMPOTENCY_KEY_IN_USE").await;
+    let held = || {
+        keyed_req(&app, &path, "held")
+            .header("content-type", "application/json")
+            .body(raw.clone())
+    };
+    send_err(held(), 409, "IDEMPOTENCY_KEY_IN_USE").await;
     assert_eq!(versions_in_db(&app, id).await, 0);
     // Its process crashed: once the in-flight lease has passed, a retry takes over.
     db.execute(
@@ -133,42 +113,26 @@ async fn a_key_in_flight_is_409_and_an_abandoned_one_is_taken_over() {
     )
     .await
     .unwrap();
-    let res = app
-        .req(Method::POST, &path)
-        .header("Idempotency-Key", "held")
-        .header("content-type", "application/json")
-        .body(raw.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    assert_eq!(send(held()).await.status(), 201);
     assert_eq!(versions_in_db(&app, id).await, 1);
-    let state: String = db
-        .query_one("SELECT state FROM idempotency_keys WHERE key = 'held'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let state: String = scalar(
+        &db,
+        "SELECT state FROM idempotency_keys WHERE key = 'held'",
+        &[],
+    )
+    .await;
     assert_eq!(state, "COMPLETED");
 }
 
 #[actix_web::test]
 async fn twenty_parallel_identical_requests_create_one_version() {
     let app = spawn_app().await;
-    let s = create_script(&app, "par").await;
-    let id = s["id"].as_str().unwrap();
-    let path = format!("/scripts/{id}/versions");
+    let (id, path) = versions_route(&app, "par").await;
+    let id = id.as_str();
     let reqs: Vec<_> = (0..20)
-        .map(|_| {
-            app.req(Method::POST, &path)
-                .header("Idempotency-Key", "same")
-                .json(&version_body())
-        })
+        .map(|_| keyed_req(&app, &path, "same").json(&version_body()))
         .collect();
-    let results = futures::future::join_all(
-        reqs.into_iter()
-            .map(|r| async move { r.send().await.unwrap() }),
-    )
-    .await;
+    let results = send_all(reqs).await;
     let mut created = 0;
     for res in results {
         match res.status().as_u16() {
@@ -190,16 +154,8 @@ async fn keys_are_scoped_per_tenant_and_expire() {
     let a = keyed(&app, "/commands", "shared", &body).await;
     assert_eq!(a.headers()["idempotency-ttl"], "1");
     let a = json_of(a, 202).await;
-    let b = app
-        .raw(Method::POST, "/commands")
-        .bearer_auth(TOKEN)
-        .header("x-tenant-id", "t2")
-        .header("Idempotency-Key", "shared")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let b = json_of(b, 202).await;
+    let t2 = app.as_tenant(Method::POST, "/commands", "t2");
+    let b = send_json(t2.header("Idempotency-Key", "shared").json(&body), 202).await;
     assert_ne!(
         a["correlationId"], b["correlationId"],
         "two tenants: two creations"
@@ -226,9 +182,8 @@ async fn keys_are_scoped_per_tenant_and_expire() {
 #[actix_web::test]
 async fn runs_are_keyed_too() {
     let app = spawn_app().await;
-    let s = create_script(&app, "rk").await;
-    let id = s["id"].as_str().unwrap();
-    create_version(&app, id).await;
+    let id = script_id(&app, "rk").await;
+    create_version(&app, &id).await;
     let body = json!({ "scriptId": id, "version": 1 });
     let a = json_of(keyed(&app, "/runs", "r1", &body).await, 201).await;
     let res = keyed(&app, "/runs", "r1", &body).await;
@@ -262,12 +217,7 @@ async fn jwt_app() -> TestApp {
 }
 
 async fn get_as(app: &TestApp, token: &str, tenant: &str, path: &str) -> reqwest::Response {
-    app.raw(Method::GET, path)
-        .bearer_auth(token)
-        .header("x-tenant-id", tenant)
-        .send()
-        .await
-        .unwrap()
+    send(app.with_token(Method::GET, path, token, tenant)).await
 }
 
 #[actix_web::test]
@@ -275,71 +225,38 @@ async fn jwt_tokens_are_verified_and_bound_to_tenants() {
     let app = jwt_app().await;
     let good = token(json!({ "sub": "user-1", "tenant": "t1", "exp": now() + 600 }));
     assert_eq!(get_as(&app, &good, "t1", "/scripts").await.status(), 200);
-    assert_error(
-        get_as(&app, &good, "t2", "/scripts").await,
-        403,
-        "FORBIDDEN",
-    )
-    .await;
+    let res = get_as(&app, &good, "t2", "/scripts").await;
+    assert_error(res, 403, "FORBIDDEN").await;
 
     let multi = token(json!({ "sub": "user-1", "tenant": ["t1", "t2"], "exp": now() + 600 }));
     assert_eq!(get_as(&app, &multi, "t2", "/scripts").await.status(), 200);
 
     let expired = token(json!({ "sub": "u", "tenant": "t1", "exp": now() - 600 }));
-    assert_error(
-        get_as(&app, &expired, "t1", "/scripts").await,
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
     let early =
         token(json!({ "sub": "u", "tenant": "t1", "exp": now() + 600, "nbf": now() + 300 }));
-    assert_error(
-        get_as(&app, &early, "t1", "/scripts").await,
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
     let forged = encode(
         &Header::new(Algorithm::HS256),
         &json!({ "sub": "u", "tenant": "t1", "exp": now() + 600 }),
         &EncodingKey::from_secret(b"another secret").unwrap(),
     )
     .unwrap();
-    assert_error(
-        get_as(&app, &forged, "t1", "/scripts").await,
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
-    // dev-style tokens mean nothing in jwt mode
-    assert_error(
-        get_as(&app, "alice", "t1", "/scripts").await,
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
+    // expired, not yet valid, forged; and dev-style tokens mean nothing in jwt mode
+    for refused in [expired.as_str(), &early, &forged, "alice"] {
+        let res = get_as(&app, refused, "t1", "/scripts").await;
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
 
     // The actor id is the subject: audit and createdById record it.
-    let res = app
-        .raw(Method::POST, "/scripts")
-        .bearer_auth(&good)
-        .header("x-tenant-id", "t1")
-        .json(&json!({ "name": "j", "slug": "j" }))
-        .send()
-        .await
-        .unwrap();
-    let s = json_of(res, 201).await;
+    let req = app.with_token(Method::POST, "/scripts", &good, "t1");
+    let s = send_json(req.json(&json!({ "name": "j", "slug": "j" })), 201).await;
     assert_eq!(s["createdById"], "user-1");
     // Commands must be on behalf of the subject.
     let cmd = |user: &str| {
-        app.raw(Method::POST, "/commands")
-            .bearer_auth(&good)
-            .header("x-tenant-id", "t1")
+        app.with_token(Method::POST, "/commands", &good, "t1")
             .json(&json!({ "command": "A.B.v1", "actor": { "userId": user } }))
     };
-    assert_error(cmd("someone-else").send().await.unwrap(), 403, "FORBIDDEN").await;
-    assert_eq!(cmd("user-1").send().await.unwrap().status(), 202);
+    send_err(cmd("someone-else"), 403, "FORBIDDEN").await;
+    assert_eq!(send(cmd("user-1")).await.status(), 202);
 }
 
 #[actix_web::test]
@@ -348,42 +265,11 @@ async fn the_admin_role_opens_the_admin_endpoints() {
     let admin = token(json!({ "sub": "ops", "roles": ["admin"], "exp": now() + 600 }));
     let user =
         token(json!({ "sub": "u", "tenant": "t1", "roles": ["editor"], "exp": now() + 600 }));
-    let res = app
-        .raw(Method::GET, "/admin/actors")
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_error(
-        app.raw(Method::GET, "/admin/actors")
-            .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap(),
-        403,
-        "FORBIDDEN",
-    )
-    .await;
-    assert_error(
-        app.raw(Method::GET, "/metrics")
-            .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap(),
-        403,
-        "FORBIDDEN",
-    )
-    .await;
-    assert_eq!(
-        app.raw(Method::GET, "/metrics")
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let get = |path: &str, token: &str| send(app.raw(Method::GET, path).bearer_auth(token));
+    assert_eq!(get("/admin/actors", &admin).await.status(), 200);
+    assert_error(get("/admin/actors", &user).await, 403, "FORBIDDEN").await;
+    assert_error(get("/metrics", &user).await, 403, "FORBIDDEN").await;
+    assert_eq!(get("/metrics", &admin).await.status(), 200);
 }
 
 #[actix_web::test]
@@ -429,12 +315,8 @@ async fn rs256_tokens_verify_with_the_public_key_file() {
     .unwrap();
     assert_eq!(get_as(&app, &signed, "t1", "/scripts").await.status(), 200);
     let hs = token(claims);
-    assert_error(
-        get_as(&app, &hs, "t1", "/scripts").await,
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
+    let res = get_as(&app, &hs, "t1", "/scripts").await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -479,23 +361,10 @@ async fn a_burst_over_the_tenant_limit_gets_429_and_others_are_unaffected() {
         .unwrap();
     assert!(retry >= 1);
     assert_error(res, 429, "RATE_LIMITED").await;
-    let other = app
-        .raw(Method::GET, "/scripts")
-        .bearer_auth(TOKEN)
-        .header("x-tenant-id", "t2")
-        .send()
-        .await
-        .unwrap();
+    let other = send(app.as_tenant(Method::GET, "/scripts", "t2")).await;
     assert_eq!(other.status(), 200);
     for _ in 0..20 {
-        assert_eq!(
-            app.raw(Method::GET, "/healthz")
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(send(app.raw(Method::GET, "/healthz")).await.status(), 200);
     }
 }
 
@@ -510,23 +379,11 @@ async fn a_token_is_limited_across_tenants() {
     .await;
     let mut statuses = Vec::new();
     for i in 0..12 {
-        let res = app
-            .raw(Method::GET, "/scripts")
-            .bearer_auth("greedy")
-            .header("x-tenant-id", format!("t{i}"))
-            .send()
-            .await
-            .unwrap();
+        let res = get_as(&app, "greedy", &format!("t{i}"), "/scripts").await;
         statuses.push(res.status().as_u16());
     }
     assert!(statuses.contains(&429), "{statuses:?}");
-    let res = app
-        .raw(Method::GET, "/scripts")
-        .bearer_auth("polite")
-        .header("x-tenant-id", "t0")
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&app, "polite", "t0", "/scripts").await;
     assert_eq!(res.status(), 200);
 }
 
@@ -535,17 +392,10 @@ async fn a_token_is_limited_across_tenants() {
 #[actix_web::test]
 async fn admin_actors_shows_what_earlier_requests_started() {
     let app = spawn_app().await;
-    let s = create_script(&app, "adm").await;
-    let id = s["id"].as_str().unwrap();
-    create_version(&app, id).await;
+    let id = script_id(&app, "adm").await;
+    create_version(&app, &id).await;
     let _stream = app.sse(TENANT, "").await;
-    let res = app
-        .raw(Method::GET, "/admin/actors")
-        .bearer_auth("dev-admin")
-        .send()
-        .await
-        .unwrap();
-    let body = json_of(res, 200).await;
+    let body = json_of(app.admin_get("/admin/actors").await, 200).await;
     assert_eq!(body["kinds"]["script"]["live"], 1);
     assert_eq!(body["kinds"]["script"]["started"], 1);
     assert_eq!(body["kinds"]["eventhub"]["live"], 1);
@@ -569,54 +419,20 @@ async fn admin_actors_shows_what_earlier_requests_started() {
     assert_eq!(body["sse"]["sessions"], 1);
     assert_eq!(body["sse"]["byTenant"][TENANT], 1);
 
-    let only = json_of(
-        app.raw(Method::GET, "/admin/actors?kind=run")
-            .bearer_auth("dev-admin")
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let only = json_of(app.admin_get("/admin/actors?kind=run").await, 200).await;
     assert_eq!(only["actors"], json!([]));
-    assert_error(
-        app.raw(Method::GET, "/admin/actors?kind=nope")
-            .bearer_auth("dev-admin")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        app.raw(Method::GET, "/admin/actors")
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-        403,
-        "FORBIDDEN",
-    )
-    .await;
-    assert_error(
-        app.raw(Method::GET, "/admin/actors").send().await.unwrap(),
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
+    let res = app.admin_get("/admin/actors?kind=nope").await;
+    assert_error(res, 400, "VALIDATION_FAILED").await;
+    let as_user = app.raw(Method::GET, "/admin/actors").bearer_auth(TOKEN);
+    send_err(as_user, 403, "FORBIDDEN").await;
+    send_err(app.raw(Method::GET, "/admin/actors"), 401, "UNAUTHORIZED").await;
 }
 
 #[actix_web::test]
 async fn metrics_speak_prometheus() {
     let app = spawn_app().await;
     create_script(&app, "met").await;
-    let res = app
-        .raw(Method::GET, "/metrics")
-        .bearer_auth("dev-admin")
-        .send()
-        .await
-        .unwrap();
+    let res = app.admin_get("/metrics").await;
     assert_eq!(res.status(), 200);
     assert!(res.headers()["content-type"]
         .to_str()
@@ -636,24 +452,14 @@ async fn metrics_speak_prometheus() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
-    assert_error(
-        app.raw(Method::GET, "/metrics")
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-        403,
-        "FORBIDDEN",
-    )
-    .await;
+    let as_user = app.raw(Method::GET, "/metrics").bearer_auth(TOKEN);
+    send_err(as_user, 403, "FORBIDDEN").await;
 }
 
 #[actix_web::test]
 async fn a_5xx_frees_the_key() {
     let app = spawn_app().await;
-    let s = create_script(&app, "fivexx").await;
-    let id = s["id"].as_str().unwrap();
-    let path = format!("/scripts/{id}/versions");
+    let (_, path) = versions_route(&app, "fivexx").await;
     let db = app.db().await;
     // Make the write itself fail inside PostgreSQL: a 500, not a refusal.
     db.batch_execute(
@@ -664,14 +470,8 @@ async fn a_5xx_frees_the_key() {
     let res = keyed(&app, &path, "retry-me", &version_body()).await;
     assert!(res.headers().contains_key("idempotency-ttl"));
     assert_error(res, 500, "INTERNAL").await;
-    let left: i64 = db
-        .query_one(
-            "SELECT count(*) FROM idempotency_keys WHERE key = 'retry-me'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT count(*) FROM idempotency_keys WHERE key = 'retry-me'";
+    let left: i64 = scalar(&db, sql, &[]).await;
     assert_eq!(left, 0, "the key was not freed");
     db.batch_execute("ALTER TABLE script_versions DROP CONSTRAINT test_fail")
         .await
