@@ -10,8 +10,6 @@ use tokio::io::AsyncWriteExt;
 use crate::helpers::*;
 use crate::security::{now, token, SECRET};
 
-const ADMIN: &str = "dev-admin";
-
 async fn sse_sessions(client: &reqwest::Client, url: &str) -> i64 {
     let res = client
         .get(url)
@@ -138,12 +136,8 @@ async fn stalled_replays_neither_starve_the_pool_nor_grow_memory() {
 // ---------- rate limits are charged after authentication ----------
 
 fn jwt_limited(s: &mut scriptd::Settings) {
-    s.auth.mode = scriptd::settings::AuthMode::Jwt;
-    s.auth.jwt_secret = SECRET.to_string().into();
-    s.rate_limit.enabled = true;
-    s.rate_limit.per_tenant_per_sec = 1;
-    s.rate_limit.per_token_per_sec = 1000;
-    s.rate_limit.burst = 3;
+    jwt_auth(s, SECRET);
+    limit_rates(s, 1, 1000, 3);
 }
 
 #[actix_web::test]
@@ -171,37 +165,18 @@ async fn requests_that_do_not_authenticate_spend_no_tenant_budget() {
         assert_error(req.send().await.unwrap(), status, code).await;
     }
     // The SSE route's query token is verified before any charge too.
-    let res = app
-        .raw(
-            Method::GET,
-            "/events/stream?tenantId=victim&access_token=garbage",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 401, "UNAUTHORIZED").await;
+    let req = app.stream_req("tenantId=victim&access_token=garbage");
+    send_err(req, 401, "UNAUTHORIZED").await;
 
     // The victim still has its whole burst, and the limit still holds for it.
     let victim = token(json!({ "sub": "vic", "tenant": "victim", "exp": now() + 600 }));
+    let as_victim = || app.with_token(Method::GET, "/scripts", &victim, "victim");
     for _ in 0..3 {
-        let res = app
-            .raw(Method::GET, "/scripts")
-            .bearer_auth(&victim)
-            .header("x-tenant-id", "victim")
-            .send()
-            .await
-            .unwrap();
-        json_of(res, 200).await;
+        send_json(as_victim(), 200).await;
     }
     let mut limited = false;
     for _ in 0..10 {
-        let res = app
-            .raw(Method::GET, "/scripts")
-            .bearer_auth(&victim)
-            .header("x-tenant-id", "victim")
-            .send()
-            .await
-            .unwrap();
+        let res = send(as_victim()).await;
         if res.status() == 429 {
             assert!(res.headers().contains_key("retry-after"));
             assert_error(res, 429, "RATE_LIMITED").await;
@@ -214,43 +189,21 @@ async fn requests_that_do_not_authenticate_spend_no_tenant_budget() {
 
 #[actix_web::test]
 async fn a_token_with_an_empty_sub_is_401() {
-    let app = spawn_app_with(|s| {
-        s.auth.mode = scriptd::settings::AuthMode::Jwt;
-        s.auth.jwt_secret = SECRET.to_string().into();
-    })
-    .await;
+    let app = spawn_app_with(|s| jwt_auth(s, SECRET)).await;
     for sub in ["", "  "] {
         let t = token(json!({ "sub": sub, "tenant": TENANT, "exp": now() + 600 }));
-        let res = app
-            .raw(Method::GET, "/scripts")
-            .bearer_auth(&t)
-            .header("x-tenant-id", TENANT)
-            .send()
-            .await
-            .unwrap();
+        let res = send(app.with_token(Method::GET, "/scripts", &t, TENANT)).await;
         assert_eq!(res.headers()["www-authenticate"], "Bearer");
         assert_error(res, 401, "UNAUTHORIZED").await;
     }
     let t = token(json!({ "sub": "alice", "tenant": TENANT, "exp": now() + 600 }));
-    let res = app
-        .raw(Method::GET, "/scripts")
-        .bearer_auth(&t)
-        .header("x-tenant-id", TENANT)
-        .send()
-        .await
-        .unwrap();
-    json_of(res, 200).await;
+    send_json(app.with_token(Method::GET, "/scripts", &t, TENANT), 200).await;
 }
 
 // ---------- metric labels come from a closed set ----------
 
 async fn metrics_text(app: &TestApp) -> String {
-    let res = app
-        .raw(Method::GET, "/metrics")
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let res = app.admin_get("/metrics").await;
     assert_eq!(res.status(), 200);
     res.text().await.unwrap()
 }
@@ -277,7 +230,7 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
         } else {
             format!("/made-up/{i}")
         };
-        let res = app.raw(method, &path).send().await.unwrap();
+        let res = send(app.raw(method, &path)).await;
         assert!(res.status().is_client_error(), "{}", res.status());
     }
     let text = metrics_text(&app).await;
@@ -350,19 +303,11 @@ async fn every_event_of_a_run_once_and_finished_last() {
         let run = start_run(&app, &script).await;
         for i in 0..3 {
             let key = format!("k{i}");
-            json_of(
-                upsert(&app, &run, json!([{ "key": key, "numVal": r * 10 + i }])).await,
-                200,
-            )
-            .await;
+            let res = upsert(&app, &run, json!([{ "key": key, "numVal": r * 10 + i }])).await;
+            json_of(res, 200).await;
         }
         let status = if r % 2 == 0 { "SUCCEEDED" } else { "FAILED" };
-        json_of(
-            app.post(&format!("/runs/{run}/finish"), &json!({ "status": status }))
-                .await,
-            200,
-        )
-        .await;
+        json_of(finish(&app, &run, status).await, 200).await;
         runs.push((run, status));
     }
     // Whatever is still queued in the process is appended after this.
@@ -379,11 +324,7 @@ async fn every_event_of_a_run_once_and_finished_last() {
     };
     // In the table: exactly five per run, in this order, nothing else.
     let db = app.db().await;
-    let total: i64 = db
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let total: i64 = scalar(&db, "SELECT count(*) FROM events", &[]).await;
     assert_eq!(total, 8 * 5);
     for (run, status) in &runs {
         let rows = db
@@ -419,17 +360,11 @@ async fn every_event_of_a_run_once_and_finished_last() {
 
 #[actix_web::test]
 async fn idempotency_keys_never_cross_callers() {
-    let app = spawn_app_with(|s| {
-        s.auth.mode = scriptd::settings::AuthMode::Jwt;
-        s.auth.jwt_secret = SECRET.to_string().into();
-    })
-    .await;
+    let app = spawn_app_with(|s| jwt_auth(s, SECRET)).await;
     let alice = token(json!({ "sub": "alice", "tenant": TENANT, "exp": now() + 600 }));
     let bob = token(json!({ "sub": "bob", "tenant": TENANT, "exp": now() + 600 }));
     let send = |who: &str, key: &str, user: &str| {
-        app.raw(Method::POST, "/commands")
-            .bearer_auth(who)
-            .header("x-tenant-id", TENANT)
+        app.with_token(Method::POST, "/commands", who, TENANT)
             .header("Idempotency-Key", key)
             .json(&json!({ "command": "Orders.Place.v1", "actor": { "userId": user } }))
             .send()
@@ -459,11 +394,7 @@ async fn idempotency_keys_never_cross_callers() {
     assert_ne!(his["commandId"], accepted["commandId"]);
 
     let db = app.db().await;
-    let commands: i64 = db
-        .query_one("SELECT count(*) FROM command_outbox", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let commands: i64 = scalar(&db, "SELECT count(*) FROM command_outbox", &[]).await;
     assert_eq!(commands, 2);
     let keys: Vec<(String, i16)> = db
         .query(

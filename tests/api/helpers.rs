@@ -744,3 +744,17 @@ where
 {
     db.query_one(sql, params).await.expect("query").get(0)
 }
+
+/// Turns rate limiting on with these rates (per second) and burst.
+pub fn limit_rates(s: &mut Settings, per_tenant: u32, per_token: u32, burst: u32) {
+    s.rate_limit.enabled = true;
+    s.rate_limit.per_tenant_per_sec = per_tenant;
+    s.rate_limit.per_token_per_sec = per_token;
+    s.rate_limit.burst = burst;
+}
+
+/// JWT auth with the shared HS256 test secret.
+pub fn jwt_auth(s: &mut Settings, secret: &str) {
+    s.auth.mode = scriptd::settings::AuthMode::Jwt;
+    s.auth.jwt_secret = secret.to_string().into();
+}

@@ -209,11 +209,7 @@ pub(crate) fn now() -> i64 {
 }
 
 async fn jwt_app() -> TestApp {
-    spawn_app_with(|s| {
-        s.auth.mode = scriptd::settings::AuthMode::Jwt;
-        s.auth.jwt_secret = SECRET.to_string().into();
-    })
-    .await
+    spawn_app_with(|s| jwt_auth(s, SECRET)).await
 }
 
 async fn get_as(app: &TestApp, token: &str, tenant: &str, path: &str) -> reqwest::Response {
@@ -338,13 +334,7 @@ async fn dev_mode_refuses_a_public_bind_unless_allowed() {
 
 #[actix_web::test]
 async fn a_burst_over_the_tenant_limit_gets_429_and_others_are_unaffected() {
-    let app = spawn_app_with(|s| {
-        s.rate_limit.enabled = true;
-        s.rate_limit.per_tenant_per_sec = 2;
-        s.rate_limit.per_token_per_sec = 1000;
-        s.rate_limit.burst = 5;
-    })
-    .await;
+    let app = spawn_app_with(|s| limit_rates(s, 2, 1000, 5)).await;
     let mut limited = None;
     for _ in 0..20 {
         let res = app.get("/scripts").await;
@@ -370,13 +360,7 @@ async fn a_burst_over_the_tenant_limit_gets_429_and_others_are_unaffected() {
 
 #[actix_web::test]
 async fn a_token_is_limited_across_tenants() {
-    let app = spawn_app_with(|s| {
-        s.rate_limit.enabled = true;
-        s.rate_limit.per_tenant_per_sec = 1000;
-        s.rate_limit.per_token_per_sec = 2;
-        s.rate_limit.burst = 5;
-    })
-    .await;
+    let app = spawn_app_with(|s| limit_rates(s, 1000, 2, 5)).await;
     let mut statuses = Vec::new();
     for i in 0..12 {
         let res = get_as(&app, "greedy", &format!("t{i}"), "/scripts").await;
