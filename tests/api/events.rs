@@ -23,15 +23,35 @@ fn manual(s: &mut scriptd::Settings) {
 }
 
 async fn post_command(app: &TestApp, tenant: &str, body: Value) -> Value {
-    let res = app
-        .raw(Method::POST, "/commands")
-        .bearer_auth(TOKEN)
-        .header("x-tenant-id", tenant)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    json_of(res, 202).await
+    let req = app.as_tenant(Method::POST, "/commands", tenant).json(&body);
+    send_json(req, 202).await
+}
+
+/// Posts an `upsert_and_link` command of the default tenant; its correlation id.
+async fn command_cid(app: &TestApp) -> String {
+    str_of(&post_command(app, TENANT, upsert_and_link()).await["correlationId"])
+}
+
+/// A successful test event of `tenant` without a correlation id.
+fn test_event(tenant: &str, name: &str, payload: Value) -> NewEvent {
+    NewEvent {
+        tenant_id: tenant.into(),
+        name: name.into(),
+        correlation_id: None,
+        success: true,
+        payload,
+    }
+}
+
+/// Appends `batch` through the app's publisher; the new ids.
+async fn publish_batch(state: &scriptd::state::State, batch: &[NewEvent]) -> Vec<i64> {
+    state.publisher.publish(batch).await.unwrap()
+}
+
+/// The hub's live sessions per tenant.
+async fn session_counts(app: &TestApp) -> std::collections::HashMap<String, usize> {
+    let counts = app.state.hub.send(actors::events::hub::SessionCounts);
+    counts.await.unwrap()
 }
 
 fn upsert_and_link() -> Value {
@@ -40,18 +60,11 @@ fn upsert_and_link() -> Value {
 }
 
 async fn publish(app: &TestApp, tenant: &str, n: usize, correlation: Option<&str>) -> Vec<i64> {
-    let batch: Vec<NewEvent> = (0..n)
-        .map(|i| NewEvent {
-            tenant_id: tenant.into(),
-            name: "Test.Event.v1".into(),
-            correlation_id: correlation.map(str::to_string),
-            success: true,
-            payload: json!({ "i": i }),
-        })
-        .collect();
     let mut ids = Vec::new();
-    for ev in batch {
-        ids.extend(app.state.publisher.publish(&[ev]).await.unwrap());
+    for i in 0..n {
+        let mut ev = test_event(tenant, "Test.Event.v1", json!({ "i": i }));
+        ev.correlation_id = correlation.map(str::to_string);
+        ids.extend(publish_batch(&app.state, &[ev]).await);
     }
     ids
 }
@@ -64,12 +77,7 @@ async fn a_command_completes_on_the_stream_of_its_correlation_id() {
     body["correlationId"] = json!(cid);
     let mut stream = app.sse(TENANT, &format!("&correlationId={cid}")).await;
 
-    let res = app
-        .req(Method::POST, "/commands")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let res = send(app.req(Method::POST, "/commands").json(&body)).await;
     assert_eq!(
         res.headers()["location"],
         format!("/commands/{cid}").as_str()
@@ -88,7 +96,7 @@ async fn a_command_completes_on_the_stream_of_its_correlation_id() {
     assert_eq!(row.get::<_, i32>(1), 0);
     assert_eq!(row.get::<_, String>(2), "u_1");
     assert_eq!(row.get::<_, String>(3), "alice");
-    let view = json_of(app.get(&format!("/commands/{cid}")).await, 200).await;
+    let view = app.get_json(&format!("/commands/{cid}"), 200).await;
     assert_eq!(
         (view["status"].clone(), view["result"].clone()),
         (json!("PENDING"), Value::Null)
@@ -110,7 +118,7 @@ async fn a_command_completes_on_the_stream_of_its_correlation_id() {
     );
     assert!(data["occurredAt"].as_str().unwrap().ends_with('Z'));
 
-    let view = json_of(app.get(&format!("/commands/{cid}")).await, 200).await;
+    let view = app.get_json(&format!("/commands/{cid}"), 200).await;
     assert_eq!(view["status"], "COMPLETED");
     assert_eq!(view["attempts"], 1);
     assert_eq!(view["command"], "Contacts.UpsertAndLink.v1");
@@ -143,63 +151,32 @@ async fn other_commands_complete_generically_and_ids_are_generated() {
 #[actix_web::test]
 async fn invalid_envelopes_answer_400_with_fields() {
     let app = spawn_app_with(manual).await;
-    let res = app
-        .post(
-            "/commands",
-            &json!({ "command": "lower.case", "correlationId": "nope", "actor": { "userId": "" },
-                                     "context": [], "payload": "x" }),
-        )
-        .await;
-    let body = assert_error(res, 400, "VALIDATION_FAILED").await;
+    let all_bad = json!({ "command": "lower.case", "correlationId": "nope", "actor": { "userId": "" },
+                          "context": [], "payload": "x" });
+    let body = app.post_invalid("/commands", &all_bad).await;
     let f = fields(&body);
     for expected in ["command", "correlationId", "context", "payload"] {
         assert!(f.contains(&expected.to_string()), "{f:?}");
     }
     assert!(f.iter().any(|x| x.starts_with("actor")), "{f:?}");
-    assert_error(
-        app.post("/commands", &json!({ "command": "A.B.v1" })).await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        app.post(
-            "/commands",
-            &json!({ "command": "A.v1", "actor": { "userId": "u" } }),
-        )
-        .await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        app.get("/commands/not-a-uuid").await,
-        400,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_error(
-        app.get(&format!("/commands/{}", uuid::Uuid::now_v7()))
-            .await,
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+    app.post_invalid("/commands", &json!({ "command": "A.B.v1" }))
+        .await;
+    let unversioned = json!({ "command": "A.v1", "actor": { "userId": "u" } });
+    app.post_invalid("/commands", &unversioned).await;
+    app.get_invalid("/commands/not-a-uuid").await;
+    let unknown = format!("/commands/{}", uuid::Uuid::now_v7());
+    app.get_err(&unknown, 404, "NOT_FOUND").await;
 
     let mut body = upsert_and_link();
     let cid = uuid::Uuid::now_v7().to_string();
     body["correlationId"] = json!(cid);
     post_command(&app, TENANT, body.clone()).await;
-    assert_error(
-        app.post("/commands", &body).await,
-        409,
-        "CORRELATION_ID_TAKEN",
-    )
-    .await;
+    app.post_err("/commands", &body, 409, "CORRELATION_ID_TAKEN")
+        .await;
     // unique per tenant: another tenant may use it
     post_command(&app, "other", body).await;
     // the other tenant's command is not visible here
-    let view = json_of(app.get(&format!("/commands/{cid}")).await, 200).await;
+    let view = app.get_json(&format!("/commands/{cid}"), 200).await;
     assert_eq!(view["status"], "PENDING");
 }
 
@@ -233,32 +210,25 @@ async fn streams_are_isolated_by_tenant_and_filtered_by_correlation() {
 #[actix_web::test]
 async fn the_stream_needs_a_token_and_a_tenant_and_accepts_them_in_the_query() {
     let app = spawn_app_with(manual).await;
-    let res = app
-        .raw(Method::GET, "/events/stream?tenantId=t1")
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 401, "UNAUTHORIZED").await;
-    let res = app
-        .raw(Method::GET, "/events/stream")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "TENANT_REQUIRED").await;
-    let res = app
-        .raw(Method::GET, "/events/stream?tenantId=t1&lastEventId=abc")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "VALIDATION_FAILED").await;
+    let refusals = [
+        (app.stream_req("tenantId=t1"), 401, "UNAUTHORIZED"),
+        (
+            app.raw(Method::GET, "/events/stream").bearer_auth(TOKEN),
+            400,
+            "TENANT_REQUIRED",
+        ),
+        (
+            app.stream_req("tenantId=t1&lastEventId=abc")
+                .bearer_auth(TOKEN),
+            400,
+            "VALIDATION_FAILED",
+        ),
+    ];
+    for (req, status, code) in refusals {
+        send_err(req, status, code).await;
+    }
     // EventSource style: everything in the query.
-    let mut s = SseClient::connect(app.raw(
-        Method::GET,
-        "/events/stream?tenantId=t1&access_token=alice.x",
-    ))
-    .await;
+    let mut s = SseClient::connect(app.stream_req("tenantId=t1&access_token=alice.x")).await;
     publish(&app, TENANT, 1, None).await;
     assert_eq!(s.next(WAIT).await.unwrap().json()["tenantId"], TENANT);
 }
@@ -292,23 +262,13 @@ async fn last_event_id_replays_then_continues_live_without_gap_or_duplicate() {
         let state = app.state.clone();
         actix_web::rt::spawn(async move {
             for i in 0..30 {
-                let ev = NewEvent {
-                    tenant_id: TENANT.into(),
-                    name: "Test.Live.v1".into(),
-                    correlation_id: None,
-                    success: true,
-                    payload: json!({ "live": i }),
-                };
-                state.publisher.publish(&[ev]).await.unwrap();
+                let ev = test_event(TENANT, "Test.Live.v1", json!({ "live": i }));
+                publish_batch(&state, &[ev]).await;
             }
         })
     };
-    let mut s = SseClient::connect(
-        app.raw(Method::GET, "/events/stream?tenantId=t1")
-            .bearer_auth(TOKEN)
-            .header("Last-Event-ID", after.to_string()),
-    )
-    .await;
+    let req = app.stream_req("tenantId=t1").bearer_auth(TOKEN);
+    let mut s = SseClient::connect(req.header("Last-Event-ID", after.to_string())).await;
     producer.await.unwrap();
     let db = app.db().await;
     let expected: Vec<i64> = db
@@ -335,14 +295,9 @@ async fn a_last_event_id_outside_the_history_gets_reset() {
     let app = spawn_app_with(manual).await;
     let ids = publish(&app, TENANT, 3, None).await;
     // Newer than the newest event.
-    let mut s = SseClient::connect(
-        app.raw(
-            Method::GET,
-            &format!("/events/stream?tenantId=t1&lastEventId={}", ids[2] + 100),
-        )
-        .bearer_auth(TOKEN),
-    )
-    .await;
+    let mut s = app
+        .sse_query(&format!("tenantId=t1&lastEventId={}", ids[2] + 100))
+        .await;
     let reset = s.next(WAIT).await.unwrap();
     assert_eq!(reset.event, "reset");
     assert!(reset.id.is_none());
@@ -372,11 +327,7 @@ async fn a_last_event_id_outside_the_history_gets_reset() {
         .unwrap()
         .unwrap();
     assert_eq!(purged, 4);
-    let mut s = SseClient::connect(
-        app.raw(Method::GET, "/events/stream?tenantId=t1&lastEventId=1")
-            .bearer_auth(TOKEN),
-    )
-    .await;
+    let mut s = app.sse_query("tenantId=t1&lastEventId=1").await;
     assert_eq!(s.next(WAIT).await.unwrap().event, "reset");
 }
 
@@ -392,21 +343,13 @@ async fn two_processes_share_commands_and_events_each_command_once() {
     let mut on_b = b.sse(TENANT, "").await;
     let mut cids = Vec::new();
     for _ in 0..20 {
-        cids.push(
-            post_command(&a, TENANT, upsert_and_link()).await["correlationId"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        cids.push(command_cid(&a).await);
     }
     let mut seen = Vec::new();
     while seen.len() < 20 {
-        seen.push(
-            on_b.next(WAIT).await.unwrap().json()["correlationId"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        seen.push(str_of(
+            &on_b.next(WAIT).await.unwrap().json()["correlationId"],
+        ));
     }
     seen.sort();
     cids.sort();
@@ -446,10 +389,7 @@ async fn notify_wakes_the_outbox_long_before_the_poll_interval() {
 #[actix_web::test]
 async fn an_expired_lease_is_completed_by_another_process() {
     let app = spawn_app_with(manual).await;
-    let cid = post_command(&app, TENANT, upsert_and_link()).await["correlationId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cid = command_cid(&app).await;
     // A process claimed it and died: PROCESSING with a lease in the past.
     let db = app.db().await;
     db.execute(
@@ -459,14 +399,11 @@ async fn an_expired_lease_is_completed_by_another_process() {
     .await
     .unwrap();
     assert_eq!(app.outbox().poll_once().await.unwrap(), 1);
-    let view = json_of(app.get(&format!("/commands/{cid}")).await, 200).await;
+    let view = app.get_json(&format!("/commands/{cid}"), 200).await;
     assert_eq!(view["status"], "COMPLETED");
     assert_eq!(view["attempts"], 2);
     // A live lease is left alone.
-    let cid2 = post_command(&app, TENANT, upsert_and_link()).await["correlationId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cid2 = command_cid(&app).await;
     db.execute(
         "UPDATE command_outbox SET status = 'PROCESSING', attempts = 1, lease_until = now() + interval '1 hour' WHERE correlation_id = $1",
         &[&uuid::Uuid::parse_str(&cid2).unwrap()],
@@ -496,12 +433,9 @@ async fn failures_retry_with_backoff_then_end_failed_with_an_event() {
     })
     .await;
     let mut stream = app.sse(TENANT, "").await;
-    let cid = post_command(&app, TENANT, upsert_and_link()).await["correlationId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cid = command_cid(&app).await;
     app.outbox().poll_once().await.unwrap();
-    let view = json_of(app.get(&format!("/commands/{cid}")).await, 200).await;
+    let view = app.get_json(&format!("/commands/{cid}"), 200).await;
     assert_eq!(
         (view["status"].clone(), view["attempts"].clone()),
         (json!("PENDING"), json!(1))
@@ -515,7 +449,7 @@ async fn failures_retry_with_backoff_then_end_failed_with_an_event() {
     assert!(next, "retry scheduled later with the error kept");
     eventually(WAIT, || async {
         app.outbox().poll_once().await.unwrap();
-        let v = json_of(app.get(&format!("/commands/{cid}")).await, 200).await;
+        let v = app.get_json(&format!("/commands/{cid}"), 200).await;
         (v["status"] == "FAILED").then_some(())
     })
     .await;
@@ -527,7 +461,7 @@ async fn failures_retry_with_backoff_then_end_failed_with_an_event() {
         ev.json()["payload"],
         json!({ "command": "Contacts.UpsertAndLink.v1", "error": "downstream said no" })
     );
-    let view = json_of(app.get(&format!("/commands/{cid}")).await, 200).await;
+    let view = app.get_json(&format!("/commands/{cid}"), 200).await;
     assert_eq!(view["attempts"], 3);
     assert_eq!(view["result"]["event"], "Command.Failed.v1");
 }
@@ -540,12 +474,7 @@ async fn a_slow_reader_is_cut_off_while_a_fast_one_keeps_up() {
     })
     .await;
     // The slow reader connects and never reads.
-    let slow = app
-        .raw(Method::GET, "/events/stream?tenantId=t1")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let slow = send(app.stream_req("tenantId=t1").bearer_auth(TOKEN)).await;
     let mut fast = app.sse(TENANT, "").await;
     // ~19 MB in batches of 20 events: far more than the slow reader's socket
     // buffers, its 16 frames in flight and its 64 buffered events can hold.
@@ -556,15 +485,12 @@ async fn a_slow_reader_is_cut_off_while_a_fast_one_keeps_up() {
     let mut last = 0;
     for b in 0..batches {
         let batch: Vec<NewEvent> = (0..per_batch)
-            .map(|i| NewEvent {
-                tenant_id: TENANT.into(),
-                name: "Test.Big.v1".into(),
-                correlation_id: None,
-                success: true,
-                payload: json!({ "i": b * per_batch + i, "blob": blob }),
+            .map(|i| {
+                let payload = json!({ "i": b * per_batch + i, "blob": blob });
+                test_event(TENANT, "Test.Big.v1", payload)
             })
             .collect();
-        app.state.publisher.publish(&batch).await.unwrap();
+        publish_batch(&app.state, &batch).await;
         for _ in 0..per_batch {
             let ev = fast.next(WAIT).await.expect("the fast reader was cut off");
             assert!(ev.id() > last);
@@ -583,23 +509,13 @@ async fn a_slow_reader_is_cut_off_while_a_fast_one_keeps_up() {
 async fn closed_sessions_are_removed() {
     let app = spawn_app_with(manual).await;
     let s = app.sse(TENANT, "").await;
-    let counts = app
-        .state
-        .hub
-        .send(actors::events::hub::SessionCounts)
-        .await
-        .unwrap();
+    let counts = session_counts(&app).await;
     assert_eq!(counts.get(TENANT), Some(&1));
     drop(s);
     // The server notices at its next write: publish, then the session is gone.
     eventually(WAIT, || async {
         publish(&app, TENANT, 1, None).await;
-        let counts = app
-            .state
-            .hub
-            .send(actors::events::hub::SessionCounts)
-            .await
-            .unwrap();
+        let counts = session_counts(&app).await;
         (!counts.contains_key(TENANT)).then_some(())
     })
     .await;
