@@ -28,6 +28,15 @@ async fn assert_fields(res: Response, expected: &[&str]) -> Value {
     body
 }
 
+/// `GET {path}?cursor={cursor}` answers 400 naming `cursor`.
+async fn assert_cursor_refused(app: &TestApp, path: &str, cursor: &str) {
+    assert_fields(
+        app.get(&format!("{path}?cursor={cursor}")).await,
+        &["cursor"],
+    )
+    .await;
+}
+
 /// An `ms` far before year 1 (about 7500 BC): PostgreSQL cannot hold it.
 const FORGED_MS: i64 = -300_000_000_000_000;
 
@@ -53,14 +62,9 @@ async fn forged_cursors_with_out_of_range_times_are_400_on_every_time_list() {
     for (path, filters) in &lists {
         // the same encoding with a real time is a cursor of this list
         let ok = time_cursor(now_ms(), filters);
-        json_of(app.get(&format!("{path}?cursor={ok}")).await, 200).await;
+        app.get_json(&format!("{path}?cursor={ok}"), 200).await;
         for ms in [FORGED_MS, i64::MIN, i64::MAX, -62_135_596_800_001] {
-            let forged = time_cursor(ms, filters);
-            assert_fields(
-                app.get(&format!("{path}?cursor={forged}")).await,
-                &["cursor"],
-            )
-            .await;
+            assert_cursor_refused(&app, path, &time_cursor(ms, filters)).await;
         }
     }
 }
@@ -75,24 +79,15 @@ async fn forged_version_cursors_are_400() {
     let path = format!("/scripts/{id}/versions");
     // version keys count from 1: a cursor after version 2 lists version 1
     let ok = encode(Key::Version(2), &filters);
-    let page = json_of(app.get(&format!("{path}?cursor={ok}")).await, 200).await;
+    let page = app.get_json(&format!("{path}?cursor={ok}"), 200).await;
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
     for v in [0, -1, i32::MIN] {
-        let forged = encode(Key::Version(v), &filters);
-        assert_fields(
-            app.get(&format!("{path}?cursor={forged}")).await,
-            &["cursor"],
-        )
-        .await;
+        assert_cursor_refused(&app, &path, &encode(Key::Version(v), &filters)).await;
     }
     // beyond i32, with the cursor's JSON shape written out
     for k in ["2147483648", "1e30", "99999999999999999999"] {
         let forged = URL_SAFE_NO_PAD.encode(format!(r#"{{"k":{k},"f":"{filters}"}}"#));
-        assert_fields(
-            app.get(&format!("{path}?cursor={forged}")).await,
-            &["cursor"],
-        )
-        .await;
+        assert_cursor_refused(&app, &path, &forged).await;
     }
 }
 
@@ -134,12 +129,7 @@ async fn list_query_errors_name_the_parameter() {
         ("kind=run&kind=run", "kind"),
         ("bogus=1", "bogus"),
     ] {
-        let res = app
-            .raw(Method::GET, &format!("/admin/actors?{query}"))
-            .bearer_auth("dev-admin")
-            .send()
-            .await
-            .unwrap();
+        let res = app.admin_get(&format!("/admin/actors?{query}")).await;
         assert_fields(res, &[field]).await;
     }
     // what still passes
@@ -151,12 +141,13 @@ async fn list_query_errors_name_the_parameter() {
 async fn query_error_messages_do_not_echo_long_values() {
     let app = spawn_app().await;
     let long = "Z".repeat(4000);
-    for path in [
-        format!("/scripts?status={long}"),
-        format!("/runs?status={long}"),
-        format!("/runs?scriptId={long}"),
-        format!("/scripts?limit={long}"),
-    ] {
+    let lists = [
+        ("/scripts", "status"),
+        ("/runs", "status"),
+        ("/runs", "scriptId"),
+        ("/scripts", "limit"),
+    ];
+    for path in lists.map(|(route, param)| format!("{route}?{param}={long}")) {
         let field = path
             .split(['?', '='])
             .nth(1)
@@ -177,31 +168,17 @@ async fn version_path_segments_must_be_canonical() {
     create_version(&app, id).await;
     json_of(app.get(&format!("/scripts/{id}/versions/1")).await, 200).await;
     for bad in ["+1", "01", "0", "-1", "2147483648", "1e3", "00", "1.0"] {
-        assert_fields(
-            app.get(&format!("/scripts/{id}/versions/{bad}")).await,
-            &["version"],
-        )
-        .await;
-        let res = app
-            .req(
-                Method::POST,
-                &format!("/scripts/{id}/versions/{bad}/publish"),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_fields(res, &["version"]).await;
+        let version = format!("/scripts/{id}/versions/{bad}");
+        assert_fields(app.get(&version).await, &["version"]).await;
+        let publish = app.req(Method::POST, &format!("{version}/publish"));
+        assert_fields(send(publish).await, &["version"]).await;
     }
     // nothing was published
-    let after = json_of(app.get(&format!("/scripts/{id}")).await, 200).await;
+    let after = app.get_json(&format!("/scripts/{id}"), 200).await;
     assert_eq!(after["status"], "DRAFT", "{after}");
     assert_eq!(after["activeVersionId"], Value::Null, "{after}");
     // the canonical form still publishes
-    let res = app
-        .req(Method::POST, &format!("/scripts/{id}/versions/1/publish"))
-        .send()
-        .await
-        .unwrap();
-    let published = json_of(res, 200).await;
+    let publish = app.req(Method::POST, &format!("/scripts/{id}/versions/1/publish"));
+    let published = send_json(publish, 200).await;
     assert_eq!(published["status"], "PUBLISHED", "{published}");
 }

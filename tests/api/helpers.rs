@@ -188,6 +188,11 @@ pub async fn spawn_app_on(db_url: &str, configure: impl FnOnce(&mut Settings)) -
     let mut settings = test_settings(db_url);
     configure(&mut settings);
     let app = Application::build(settings).await.expect("build the app");
+    run_app(app, db_url)
+}
+
+/// Runs a built app on a task; the handle the tests drive it by.
+fn run_app(app: Application, db_url: &str) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let stopper = app.stopper();
     let state = app.state();
@@ -317,17 +322,7 @@ pub async fn spawn_app_with_dispatcher(
     let app = Application::build_with_dispatcher(settings, dispatcher)
         .await
         .expect("build the app");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let stopper = app.stopper();
-    let state = app.state();
-    actix_web::rt::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        db_url,
-        client: reqwest::Client::new(),
-        stopper,
-        state,
-    }
+    run_app(app, &db_url)
 }
 
 /// One Server-Sent Event as received.

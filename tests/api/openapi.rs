@@ -68,14 +68,15 @@ fn declared_in_source() -> BTreeSet<(String, String)> {
     out
 }
 
+/// `GET /openapi.json`, answered 200 without auth.
+async fn served_document(app: &TestApp) -> Value {
+    send_json(app.raw(Method::GET, "/openapi.json"), 200).await
+}
+
 #[actix_web::test]
 async fn the_document_the_source_and_the_contract_list_the_same_routes() {
     let app = spawn_app().await;
-    let doc = json_of(
-        app.raw(Method::GET, "/openapi.json").send().await.unwrap(),
-        200,
-    )
-    .await;
+    let doc = served_document(&app).await;
     assert_eq!(doc["openapi"], "3.1.0");
     let documented = documented(&doc);
     let contract: BTreeSet<(String, String)> = CONTRACT
@@ -98,11 +99,7 @@ async fn the_document_the_source_and_the_contract_list_the_same_routes() {
 #[actix_web::test]
 async fn every_documented_route_is_served() {
     let app = spawn_app().await;
-    let doc = json_of(
-        app.raw(Method::GET, "/openapi.json").send().await.unwrap(),
-        200,
-    )
-    .await;
+    let doc = served_document(&app).await;
     let id = uuid::Uuid::now_v7().to_string();
     for (method, path) in documented(&doc) {
         if path == "/events/stream" {
@@ -113,13 +110,9 @@ async fn every_documented_route_is_served() {
             .replace("{runId}", &id)
             .replace("{correlationId}", &id)
             .replace("{version}", "1");
-        let res = app
-            .req(Method::from_bytes(method.as_bytes()).unwrap(), &concrete)
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let method_ = Method::from_bytes(method.as_bytes()).unwrap();
+        let req = app.req(method_, &concrete);
+        let res = send(req.header("content-type", "application/json").body("{}")).await;
         let status = res.status().as_u16();
         let body: Value = res.json().await.unwrap_or(Value::Null);
         let unrouted = status == 405

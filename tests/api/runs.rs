@@ -174,10 +174,13 @@ async fn invalid_variables_answer_400_with_the_item_named() {
         .body("[{\"key\": \"a\", \"numVal\": 1e400}]");
     assert_eq!(send(req).await.status(), 400);
     let one = json!([{ "key": "a", "strVal": "x" }]);
-    let res = upsert(&app, "not-a-uuid", one.clone()).await;
-    assert_error(res, 400, "VALIDATION_FAILED").await;
-    let res = upsert(&app, &uuid::Uuid::now_v7().to_string(), one).await;
-    assert_error(res, 404, "NOT_FOUND").await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for (id, status, code) in [
+        ("not-a-uuid", 400, "VALIDATION_FAILED"),
+        (&unknown, 404, "NOT_FOUND"),
+    ] {
+        assert_error(upsert(&app, id, one.clone()).await, status, code).await;
+    }
 }
 
 /// The database holds the key rule too (a second process, or a fix by hand,

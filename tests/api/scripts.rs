@@ -184,10 +184,12 @@ async fn path_ids_and_versions_are_validated() {
     let publish = format!("/scripts/{id}/versions/abc/publish");
     app.post_invalid(&publish, &json!({})).await;
     let unknown = uuid::Uuid::now_v7();
-    app.get_err(&format!("/scripts/{unknown}"), 404, "NOT_FOUND")
-        .await;
-    app.get_err(&format!("/scripts/{id}/versions/9"), 404, "NOT_FOUND")
-        .await;
+    for missing in [
+        format!("/scripts/{unknown}"),
+        format!("/scripts/{id}/versions/9"),
+    ] {
+        app.get_err(&missing, 404, "NOT_FOUND").await;
+    }
 }
 
 #[actix_web::test]
