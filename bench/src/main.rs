@@ -458,6 +458,36 @@ impl Row {
     fn ratio(&self) -> Option<f64> {
         Some(self.rps? / self.pgbench?)
     }
+
+    /// The cells of this row in the results table.
+    fn results_cells(&self) -> Vec<String> {
+        vec![
+            self.scenario.clone(),
+            fmt_opt(self.rps, 0),
+            fmt_opt(self.p50, 2),
+            fmt_opt(self.p99, 2),
+            fmt_opt(self.pgbench, 0),
+            fmt_opt(self.ratio(), 2),
+            fmt_opt(self.peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
+            self.note.clone(),
+        ]
+    }
+
+    /// The cells of this row in the CPU table.
+    fn cpu_cells(&self) -> Vec<String> {
+        let c = self.cpu_us.unwrap_or_default();
+        let p = self.pgbench_cpu_us;
+        vec![
+            self.scenario.clone(),
+            format!("{:.0}", c[0]),
+            format!("{:.0}", c[1]),
+            format!("{:.0}", c[2]),
+            format!("{:.0}", c.iter().sum::<f64>()),
+            fmt_opt(p.map(|p| p[0]), 0),
+            fmt_opt(p.map(|p| p[1]), 0),
+            fmt_opt(p.map(|p| p[0] + p[1]), 0),
+        ]
+    }
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
@@ -617,14 +647,56 @@ async fn command_to_event(env: &Env, args: &Args) -> Result<Row> {
         .bearer_auth("bench")
         .send()
         .await?;
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Histogram<u64>>> =
-        Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?));
-    let received = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let sent = sent.clone();
-        let latencies = latencies.clone();
-        let received = received.clone();
+    let completions = Completions::new()?;
+    let reader = completions.read(res);
+    let total = 200 * args.duration;
+    env.reset_peak();
+    let failed = post_commands(env, tenant, total, &completions.sent).await;
+    let received = completions.received.clone();
+    let latencies = completions.latencies.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < total - failed && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    let (_, peak) = env.rss();
+    let h = latencies.lock().expect("lock").clone();
+    let got = received.load(Ordering::Relaxed);
+    Ok(Row {
+        scenario: "command-to-event".into(),
+        rps: Some(got as f64 / args.duration as f64),
+        p50: Some(h.value_at_quantile(0.5) as f64 / 1000.0),
+        p99: Some(h.value_at_quantile(0.99) as f64 / 1000.0),
+        pgbench: None,
+        peak_rss_kib: Some(peak),
+        note: format!("{got}/{total} completions received; {failed} posts failed"),
+        ..Default::default()
+    })
+}
+
+/// What `command-to-event` shares between its poster and its SSE reader: the
+/// send time of each command not yet seen, the latencies, how many arrived.
+struct Completions {
+    sent: Arc<Mutex<HashMap<String, Instant>>>,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+    received: Arc<AtomicU64>,
+}
+
+impl Completions {
+    fn new() -> Result<Self> {
+        Ok(Completions {
+            sent: Arc::default(),
+            latencies: Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?)),
+            received: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Reads the SSE stream `res` on a task: each event whose correlation id
+    /// was sent records the time since its send.
+    fn read(&self, res: reqwest::Response) -> tokio::task::JoinHandle<()> {
+        let sent = self.sent.clone();
+        let latencies = self.latencies.clone();
+        let received = self.received.clone();
         tokio::spawn(async move {
             let mut body = res.bytes_stream();
             let mut buf = String::new();
@@ -649,11 +721,19 @@ async fn command_to_event(env: &Env, args: &Args) -> Result<Row> {
                 }
             }
         })
-    };
-    let total = 200 * args.duration;
+    }
+}
+
+/// Posts `total` commands of `tenant`, one every 5 ms, noting each one's send
+/// time in `sent`; returns how many posts failed.
+async fn post_commands(
+    env: &Env,
+    tenant: &str,
+    total: u64,
+    sent: &Mutex<HashMap<String, Instant>>,
+) -> u64 {
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut posts = Vec::new();
-    env.reset_peak();
     for _ in 0..total {
         tick.tick().await;
         let cid = uuid::Uuid::now_v7().to_string();
@@ -676,24 +756,7 @@ async fn command_to_event(env: &Env, args: &Args) -> Result<Row> {
             failed += 1;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while received.load(Ordering::Relaxed) < total - failed && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    reader.abort();
-    let (_, peak) = env.rss();
-    let h = latencies.lock().expect("lock").clone();
-    let got = received.load(Ordering::Relaxed);
-    Ok(Row {
-        scenario: "command-to-event".into(),
-        rps: Some(got as f64 / args.duration as f64),
-        p50: Some(h.value_at_quantile(0.5) as f64 / 1000.0),
-        p99: Some(h.value_at_quantile(0.99) as f64 / 1000.0),
-        pgbench: None,
-        peak_rss_kib: Some(peak),
-        note: format!("{got}/{total} completions received; {failed} posts failed"),
-        ..Default::default()
-    })
+    failed
 }
 
 /// Opens one SSE session over a raw socket; returns a task that resolves with
@@ -954,34 +1017,52 @@ async fn main() -> Result<()> {
     let _ = env.post("/healthz", "").send().await;
 
     let mut rows = Vec::new();
-    if want("version-hot") {
-        rows.push(version_hot(&env, &args).await?);
+    for name in SCENARIOS {
+        if want(name) {
+            rows.push(run_scenario(name, &env, &args).await?);
+        }
     }
-    if want("version-spread") {
-        rows.push(version_spread(&env, &args).await?);
-    }
-    if want("vars") {
-        rows.push(vars(&env, &args).await?);
-    }
-    if want("http-floor") {
-        rows.push(http_floor(&env, &args).await?);
-    }
-    if want("read") {
-        rows.push(read(&env, &args).await?);
-    }
-    if want("command-to-event") {
-        rows.push(command_to_event(&env, &args).await?);
-    }
-    if want("event-append") {
-        rows.push(event_append(&env, &args).await?);
-    }
-    if want("audit-depth") {
-        rows.push(audit_depth(&env, &args).await?);
-    }
-    if want("sse-fanout") {
-        rows.push(sse_fanout(&env, &args).await?);
-    }
+    print_report(&args, &rows, idle_rss);
+    drop(env);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
 
+/// Every scenario, in the order they run and print.
+const SCENARIOS: [&str; 9] = [
+    "version-hot",
+    "version-spread",
+    "vars",
+    "http-floor",
+    "read",
+    "command-to-event",
+    "event-append",
+    "audit-depth",
+    "sse-fanout",
+];
+
+async fn run_scenario(name: &str, env: &Env, args: &Args) -> Result<Row> {
+    match name {
+        "version-hot" => version_hot(env, args).await,
+        "version-spread" => version_spread(env, args).await,
+        "vars" => vars(env, args).await,
+        "http-floor" => http_floor(env, args).await,
+        "read" => read(env, args).await,
+        "command-to-event" => command_to_event(env, args).await,
+        "event-append" => event_append(env, args).await,
+        "audit-depth" => audit_depth(env, args).await,
+        "sse-fanout" => sse_fanout(env, args).await,
+        other => bail!("unknown scenario {other}"),
+    }
+}
+
+/// One row of a Markdown table.
+fn table_row(cells: &[String]) -> String {
+    format!("| {} |", cells.join(" | "))
+}
+
+/// The heading line, the results table, the CPU table and the idle RSS.
+fn print_report(args: &Args, rows: &[Row], idle_rss: u64) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -998,39 +1079,14 @@ async fn main() -> Result<()> {
     );
     println!("| scenario | scriptd req/s | p50 ms | p99 ms | pgbench tps | ratio | scriptd peak RSS MiB | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.scenario,
-            fmt_opt(r.rps, 0),
-            fmt_opt(r.p50, 2),
-            fmt_opt(r.p99, 2),
-            fmt_opt(r.pgbench, 0),
-            fmt_opt(r.ratio(), 2),
-            fmt_opt(r.peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
-            r.note
-        );
+    for r in rows {
+        println!("{}", table_row(&r.results_cells()));
     }
     println!("\nCPU per request (µs of CPU time, during the measured window):\n");
     println!("| scenario | scriptd | PostgreSQL | load generator | total | pgbench: PostgreSQL | pgbench: client | pgbench total |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows.iter().filter(|r| r.cpu_us.is_some()) {
-        let c = r.cpu_us.unwrap_or_default();
-        let p = r.pgbench_cpu_us;
-        println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
-            r.scenario,
-            c[0],
-            c[1],
-            c[2],
-            c.iter().sum::<f64>(),
-            fmt_opt(p.map(|p| p[0]), 0),
-            fmt_opt(p.map(|p| p[1]), 0),
-            fmt_opt(p.map(|p| p[0] + p[1]), 0),
-        );
+        println!("{}", table_row(&r.cpu_cells()));
     }
     println!("\nscriptd idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
-    drop(env);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
