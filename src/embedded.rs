@@ -415,24 +415,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// Creates database `name` if it does not exist (connecting to `postgres`).
 pub async fn ensure_database(pg: &EmbeddedPostgres, name: &str) -> anyhow::Result<()> {
-    let (client, conn) =
-        tokio_postgres::connect(&pg.connection_string("postgres"), tokio_postgres::NoTls).await?;
-    let task = tokio::spawn(conn);
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await?
-        .is_some();
-    if !exists {
-        client
-            .batch_execute(&format!(
-                "CREATE DATABASE \"{}\"",
-                name.replace('"', "\"\"")
-            ))
-            .await?;
-    }
-    drop(client);
-    let _ = task.await;
-    Ok(())
+    actors::store::cluster::ensure_database(&pg.connection_string("postgres"), name).await
 }
 
 #[cfg(test)]

@@ -1,23 +1,16 @@
-//! scriptd: the HTTP edge (routes, middleware, auth, config, the embedded
-//! PostgreSQL launcher) around the `actors` core.
+//! scriptd: the HTTP edge around the `actors` core. Each layer calls only the
+//! one below it: `routes` (one module per resource) use `http` (middleware,
+//! auth, extractors, errors, idempotency, cursors) and `dto` (the wire
+//! format), and reach the core only through its services.
 
-pub mod auth;
+pub mod dto;
 pub mod embedded;
-pub mod error;
-pub mod extract;
-pub mod idempotency;
-pub mod metrics;
-pub mod middleware;
+pub mod http;
 pub mod openapi;
-pub mod page;
-pub mod ratelimit;
 pub mod routes;
 pub mod settings;
 pub mod startup;
-pub mod state;
 pub mod telemetry;
-pub mod tenant;
-pub mod validation;
 
 pub use settings::Settings;
 pub use startup::Application;

@@ -10,19 +10,6 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required};
 use utoipa::Modify;
 use utoipa_actix_web::AppExt;
 
-/// The `x-tenant-id` header every tenant-scoped route takes.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct TenantHeader {
-    /// The tenant, `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`.
-    #[param(rename = "x-tenant-id")]
-    x_tenant_id: Option<String>,
-}
-
-/// The serialized document, served at `GET /openapi.json`.
-pub struct OpenApiJson(pub String);
-
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
@@ -46,23 +33,7 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Routes without auth.
-pub const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
-/// Routes without rate limits.
-const UNLIMITED_PATHS: [&str; 5] = [
-    "/healthz",
-    "/readyz",
-    "/openapi.json",
-    "/metrics",
-    "/admin/actors",
-];
-/// Routes that honour `Idempotency-Key` (path, method).
-pub const KEYED: [(&str, &str); 4] = [
-    ("/scripts", "post"),
-    ("/scripts/{id}/versions", "post"),
-    ("/runs", "post"),
-    ("/commands", "post"),
-];
+use crate::http::paths::{self, KEYED, PUBLIC};
 
 fn header_param(name: &str, description: &str, pattern: Option<&str>) -> Parameter {
     let mut schema = ObjectBuilder::new().schema_type(Type::String);
@@ -113,87 +84,90 @@ impl Modify for CommonParts {
                 ("delete", &mut item.delete),
             ];
             for (method, op) in ops {
-                let Some(op) = op.as_mut() else { continue };
-                let params = op.parameters.get_or_insert_with(Vec::new);
-                params.push(RefOr::T(header_param(
-                    "Correlation-Id",
-                    "Logged and echoed; generated when absent",
-                    Some("^[A-Za-z0-9._:-]{1,128}$"),
-                )));
-                let responses = &mut op.responses.responses;
-                let mut add = |code: &str, r: RefOr<Response>| {
-                    responses.entry(code.to_string()).or_insert(r);
-                };
-                if PUBLIC_PATHS.contains(&path.as_str()) {
-                    op.security = Some(vec![SecurityRequirement::default()]);
-                } else {
-                    add(
-                        "401",
-                        error_response(
-                            "UNAUTHORIZED: missing, malformed or unverified bearer token",
-                            false,
-                        ),
-                    );
-                }
-                add(
-                    "400",
-                    error_response("VALIDATION_FAILED (e.g. a bad Correlation-Id)", false),
-                );
-                if !UNLIMITED_PATHS.contains(&path.as_str()) {
-                    add("429", error_response("RATE_LIMITED", true));
-                    if path != "/events/stream" {
-                        add(
-                            "403",
-                            error_response(
-                                "FORBIDDEN: the token does not grant this tenant",
-                                false,
-                            ),
-                        );
-                    }
-                }
-                if op.request_body.is_some() {
-                    add("413", error_response("PAYLOAD_TOO_LARGE", false));
-                    add(
-                        "415",
-                        error_response(
-                            "UNSUPPORTED_MEDIA_TYPE: the body must be application/json",
-                            false,
-                        ),
-                    );
-                }
-                add(
-                    "500",
-                    error_response("INTERNAL (no internals in the message)", false),
-                );
-                add(
-                    "503",
-                    error_response("UNAVAILABLE: database unreachable or a queue is full", true),
-                );
-                if KEYED.contains(&(path.as_str(), method)) {
-                    add(
-                        "409",
-                        error_response(
-                            "IDEMPOTENCY_KEY_IN_USE (and the route's own conflicts)",
-                            false,
-                        ),
-                    );
-                    add(
-                        "422",
-                        error_response(
-                            "IDEMPOTENCY_KEY_REUSED: the key was used with another body",
-                            false,
-                        ),
-                    );
-                    op.parameters
-                        .get_or_insert_with(Vec::new)
-                        .push(RefOr::T(header_param(
-                        "Idempotency-Key",
-                        "Replays the first response for the same key and body (24 h by default)",
-                        Some("^[\\x20-\\x7E]{1,255}$"),
-                    )));
+                if let Some(op) = op.as_mut() {
+                    common_parts(path, method, op);
                 }
             }
         }
+    }
+}
+
+/// The parts one operation shares with the others.
+fn common_parts(path: &str, method: &str, op: &mut utoipa::openapi::path::Operation) {
+    let params = op.parameters.get_or_insert_with(Vec::new);
+    params.push(RefOr::T(header_param(
+        "Correlation-Id",
+        "Logged and echoed; generated when absent",
+        Some("^[A-Za-z0-9._:-]{1,128}$"),
+    )));
+    let responses = &mut op.responses.responses;
+    let mut add = |code: &str, r: RefOr<Response>| {
+        responses.entry(code.to_string()).or_insert(r);
+    };
+    if PUBLIC.contains(&path) {
+        op.security = Some(vec![SecurityRequirement::default()]);
+    } else {
+        add(
+            "401",
+            error_response(
+                "UNAUTHORIZED: missing, malformed or unverified bearer token",
+                false,
+            ),
+        );
+    }
+    add(
+        "400",
+        error_response("VALIDATION_FAILED (e.g. a bad Correlation-Id)", false),
+    );
+    if !paths::is_unlimited(path) {
+        add("429", error_response("RATE_LIMITED", true));
+        if path != "/events/stream" {
+            add(
+                "403",
+                error_response("FORBIDDEN: the token does not grant this tenant", false),
+            );
+        }
+    }
+    if op.request_body.is_some() {
+        add("413", error_response("PAYLOAD_TOO_LARGE", false));
+        add(
+            "415",
+            error_response(
+                "UNSUPPORTED_MEDIA_TYPE: the body must be application/json",
+                false,
+            ),
+        );
+    }
+    add(
+        "500",
+        error_response("INTERNAL (no internals in the message)", false),
+    );
+    add(
+        "503",
+        error_response("UNAVAILABLE: database unreachable or a queue is full", true),
+    );
+    if KEYED.contains(&(path, method)) {
+        add(
+            "409",
+            error_response(
+                "IDEMPOTENCY_KEY_IN_USE (and the route's own conflicts)",
+                false,
+            ),
+        );
+        add(
+            "422",
+            error_response(
+                "IDEMPOTENCY_KEY_REUSED: the key was used with another body",
+                false,
+            ),
+        );
+        op.parameters
+            .get_or_insert_with(Vec::new)
+            .push(RefOr::T(header_param(
+                "Idempotency-Key",
+                "Replays the first response for the same key and body (24 h by default)",
+                Some("^[\\x20-\\x7E]{1,255}$"),
+            )));
     }
 }
 

@@ -1,34 +1,32 @@
-//! `Application::build(settings)`: pool, migrations, actors, listener, server.
+//! `Application::build(settings)`: the core's services (migrations, actors,
+//! listener), then the HTTP server.
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use actix::Actor;
 use actix_cors::Cors;
 use actix_web::dev::{ResourceDef, Server, ServerHandle};
 use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
-use actors::events::hub::HubStats;
-use actors::events::{EventAppender, EventHub, EventPublisher};
-use actors::listener;
-use actors::outbox::{DevDispatcher, Dispatcher, Outbox, OutboxActor, OutboxConfig};
-use actors::registry::ActorMeta;
+use actors::outbox::OutboxConfig;
+use actors::service::{Config as ServicesConfig, Services};
+use actors::sse::SessionConfig;
+use actors::workers::dispatcher::{DevDispatcher, Dispatcher};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use utoipa_actix_web::AppExt;
 
-use crate::auth::Authenticator;
-use crate::error::ApiError;
-use crate::extract;
-use crate::metrics::Metrics;
-use crate::middleware::request_context;
-use crate::openapi::OpenApiJson;
-use crate::ratelimit::{rate_limit, RateLimits};
+use crate::http::auth::Authenticator;
+use crate::http::error::{ApiError, Code};
+use crate::http::extract;
+use crate::http::metrics::Metrics;
+use crate::http::middleware::request_context;
+use crate::http::ratelimit::{rate_limit, RateLimits};
+use crate::http::state::{AppState, State};
+use crate::routes::health::OpenApiJson;
 use crate::settings::{AuthMode, Settings};
-use crate::state::{AppState, ReadPool, State};
 
 pub struct Application {
     port: u16,
@@ -45,6 +43,103 @@ const EXPOSED_HEADERS: [&str; 6] = [
     "idempotent-replayed",
     "idempotency-ttl",
 ];
+
+/// The core's configuration from the settings.
+fn services_config(s: &Settings, dispatcher: Option<Arc<dyn Dispatcher>>) -> ServicesConfig {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let i = &s.idempotency;
+    ServicesConfig {
+        database_url: s.database.url.expose_secret().to_string(),
+        pool_size: s.database.pool_size,
+        connect_timeout: Duration::from_millis(s.database.connect_timeout_ms),
+        read_pool_size: (s.database.pool_size / workers).max(2),
+        actor_idle: Duration::from_secs(s.actors.idle_secs),
+        run_queue_max: s.actors.run_queue_max,
+        var_write_statements: s.actors.var_write_statements,
+        session_buffer: s.events.session_buffer,
+        retention_hours: s.events.retention_hours,
+        sessions: SessionConfig {
+            keepalive: Duration::from_secs(s.events.keepalive_secs.max(1)),
+            slow_reader: Duration::from_millis(s.events.slow_reader_ms.max(1)),
+        },
+        idempotency_ttl: chrono::Duration::milliseconds((i.ttl_hours * 3_600_000.0) as i64),
+        idempotency_lease: chrono::Duration::seconds(i.inflight_lease_secs as i64),
+        dispatcher,
+        outbox: OutboxConfig {
+            poll_interval: Duration::from_millis(s.outbox.poll_interval_ms),
+            lease: Duration::from_secs(s.outbox.lease_secs),
+            max_attempts: s.outbox.max_attempts.max(1),
+            backoff_base: Duration::from_millis(s.outbox.backoff_base_ms),
+            backoff_max: Duration::from_millis(s.outbox.backoff_max_ms),
+        },
+        outbox_autorun: s.outbox.autorun,
+    }
+}
+
+/// Dev auth accepts any token: refuse it on a public address unless asked.
+fn check_dev_auth(settings: &Settings) -> anyhow::Result<()> {
+    if settings.auth.mode == AuthMode::Dev {
+        if !is_loopback(&settings.http.bind) && !settings.auth.allow_dev_on_public {
+            anyhow::bail!(
+                "auth.mode is \"dev\" (any token is accepted) and http.bind is {}, not a loopback address; \
+                 set auth.mode = \"jwt\", bind 127.0.0.1, or set auth.allow_dev_on_public = true",
+                settings.http.bind
+            );
+        }
+        tracing::warn!("auth.mode is \"dev\": any non-empty bearer token is accepted");
+    }
+    Ok(())
+}
+
+/// The HTTP server: per worker, the services with their own read pool, CORS,
+/// the middleware and the routes.
+fn http_server(state: State, listener: TcpListener) -> anyhow::Result<Server> {
+    let doc = crate::openapi::document();
+    let routes = web::Data::new(RouteTable::from_openapi(&doc));
+    let openapi = web::Data::new(OpenApiJson(
+        doc.to_pretty_json()
+            .context("serializing the OpenAPI document")?,
+    ));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shutdown_timeout = state.settings.http.shutdown_timeout_secs;
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        // Built per worker: its read pool's connections open lazily on that
+        // worker's thread.
+        let services = web::Data::new(app_state.services.for_worker());
+        let origins = app_state.settings.http.cors_origins.clone();
+        let mut cors = Cors::default()
+            .allow_any_method()
+            .allow_any_header()
+            .expose_headers(EXPOSED_HEADERS)
+            .max_age(3600);
+        for origin in &origins {
+            cors = cors.allowed_origin(origin);
+        }
+        App::new()
+            .into_utoipa_app()
+            .app_data(app_state.clone())
+            .app_data(services)
+            .app_data(openapi.clone())
+            .app_data(routes.clone())
+            .app_data(web::QueryConfig::default().error_handler(extract::query_error))
+            .app_data(web::PathConfig::default().error_handler(extract::path_error))
+            .configure(crate::routes::configure)
+            .default_service(web::to(not_found))
+            .map(|app| {
+                app.wrap(from_fn(rate_limit))
+                    .wrap(Condition::new(!origins.is_empty(), cors))
+                    .wrap(from_fn(request_context))
+            })
+            .into_app()
+    })
+    .workers(workers)
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout)
+    .run();
+    Ok(server)
+}
 
 fn is_loopback(bind: &str) -> bool {
     bind == "localhost"
@@ -70,158 +165,26 @@ impl Application {
         dispatcher: Option<Arc<dyn Dispatcher>>,
     ) -> anyhow::Result<Self> {
         let auth = Authenticator::new(&settings.auth)?;
-        if settings.auth.mode == AuthMode::Dev {
-            if !is_loopback(&settings.http.bind) && !settings.auth.allow_dev_on_public {
-                anyhow::bail!(
-                    "auth.mode is \"dev\" (any token is accepted) and http.bind is {}, not a loopback address; \
-                     set auth.mode = \"jwt\", bind 127.0.0.1, or set auth.allow_dev_on_public = true",
-                    settings.http.bind
-                );
-            }
-            tracing::warn!("auth.mode is \"dev\": any non-empty bearer token is accepted");
-        }
-
-        let url = settings.database.url.expose_secret();
-        anyhow::ensure!(!url.is_empty(), "database.url is empty");
-        let pool = actors::store::connect(
-            url,
-            settings.database.pool_size,
-            Duration::from_millis(settings.database.connect_timeout_ms),
-        )?;
-        actors::store::migrate(&pool)
+        check_dev_auth(&settings)?;
+        anyhow::ensure!(
+            !settings.database.url.expose_secret().is_empty(),
+            "database.url is empty"
+        );
+        let services = Services::start(services_config(&settings, dispatcher))
             .await
-            .context("applying migrations")?;
-
+            .context("starting the services (applying migrations)")?;
         let listener = TcpListener::bind((settings.http.bind.as_str(), settings.http.port))
             .with_context(|| format!("binding {}:{}", settings.http.bind, settings.http.port))?;
         let port = listener.local_addr()?.port();
-
-        let shutdown_timeout = settings.http.shutdown_timeout_secs;
-        let scripts = actors::scripts::Scripts::new(
-            pool.clone(),
-            Duration::from_secs(settings.actors.idle_secs),
-        );
-        let hub_stats = Arc::new(HubStats::default());
-        let hub_meta = ActorMeta::singleton();
-        let hub = EventHub::new(
-            pool.clone(),
-            settings.events.session_buffer,
-            settings.events.retention_hours,
-            hub_stats.clone(),
-            hub_meta.clone(),
-        )
-        .start();
-        let outbox = dispatcher.map(|d| {
-            Outbox::new(
-                pool.clone(),
-                d,
-                OutboxConfig {
-                    poll_interval: Duration::from_millis(settings.outbox.poll_interval_ms),
-                    lease: Duration::from_secs(settings.outbox.lease_secs),
-                    max_attempts: settings.outbox.max_attempts.max(1),
-                    backoff_base: Duration::from_millis(settings.outbox.backoff_base_ms),
-                    backoff_max: Duration::from_millis(settings.outbox.backoff_max_ms),
-                },
-            )
-        });
-        let outbox_meta = outbox
-            .as_ref()
-            .filter(|_| settings.outbox.autorun)
-            .map(|_| ActorMeta::singleton());
-        let outbox_actor = outbox
-            .as_ref()
-            .zip(outbox_meta.as_ref())
-            .map(|(o, m)| OutboxActor::new(o.clone(), m.clone()).start());
-        actix_web::rt::spawn(listener::run(
-            url.to_string(),
-            listener::Targets {
-                hub: hub.clone().recipient(),
-                hub_meta: hub_meta.clone(),
-                outbox: outbox_actor
-                    .zip(outbox_meta.clone())
-                    .map(|(a, m)| (a.recipient(), m)),
-            },
-        ));
-        let rate_limits = RateLimits::new(&settings.rate_limit);
-        let metrics = Metrics::new()?;
-        let publisher = EventPublisher::new(EventAppender::start(pool.clone()));
-        let runs = actors::runs::Runs::new(
-            pool.clone(),
-            publisher.clone(),
-            Duration::from_secs(settings.actors.idle_secs),
-            settings.actors.run_queue_max,
-            settings.actors.var_write_statements,
-        );
-        let settings_pool_size = settings.database.pool_size;
         let state = web::Data::new(AppState {
-            settings: std::sync::Arc::new(settings),
-            pool,
+            rate_limits: RateLimits::new(&settings.rate_limit),
+            metrics: Metrics::new()?,
+            settings: Arc::new(settings),
             auth,
-            scripts,
-            runs,
-            hub,
-            hub_stats,
-            outbox,
-            publisher,
-            hub_meta,
-            outbox_meta,
-            rate_limits,
-            metrics,
-            replays: Arc::new(tokio::sync::Semaphore::new((settings_pool_size / 4).max(1))),
+            services,
             accepting: AtomicBool::new(true),
         });
-        let doc = crate::openapi::document();
-        let routes = web::Data::new(RouteTable::from_openapi(&doc));
-        let openapi = web::Data::new(OpenApiJson(
-            doc.to_pretty_json()
-                .context("serializing the OpenAPI document")?,
-        ));
-
-        let app_state = state.clone();
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let read_pool_size = (state.settings.database.pool_size / workers).max(2);
-        let db_url = state.settings.database.url.clone();
-        let connect_timeout = Duration::from_millis(state.settings.database.connect_timeout_ms);
-        let server = HttpServer::new(move || {
-            // Built per worker; its connections open lazily on that worker's thread.
-            // (The URL was already parsed once above; should that fail here, reads
-            // share the application pool.)
-            let reads = web::Data::new(ReadPool(
-                actors::store::connect(db_url.expose_secret(), read_pool_size, connect_timeout)
-                    .unwrap_or_else(|_| app_state.pool.clone()),
-            ));
-            let origins = app_state.settings.http.cors_origins.clone();
-            let mut cors = Cors::default()
-                .allow_any_method()
-                .allow_any_header()
-                .expose_headers(EXPOSED_HEADERS)
-                .max_age(3600);
-            for origin in &origins {
-                cors = cors.allowed_origin(origin);
-            }
-            App::new()
-                .into_utoipa_app()
-                .app_data(app_state.clone())
-                .app_data(reads)
-                .app_data(openapi.clone())
-                .app_data(routes.clone())
-                .app_data(web::QueryConfig::default().error_handler(extract::query_error))
-                .app_data(web::PathConfig::default().error_handler(extract::path_error))
-                .configure(crate::routes::configure)
-                .default_service(web::to(not_found))
-                .map(|app| {
-                    app.wrap(from_fn(rate_limit))
-                        .wrap(Condition::new(!origins.is_empty(), cors))
-                        .wrap(from_fn(request_context))
-                })
-                .into_app()
-        })
-        .workers(workers)
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(shutdown_timeout)
-        .run();
-
+        let server = http_server(state.clone(), listener)?;
         spawn_housekeeping(state.clone());
         tracing::info!(
             port,
@@ -277,7 +240,7 @@ impl Stopper {
     pub async fn stop(&self) {
         self.state.stop_accepting();
         // Open SSE streams would hold the graceful stop: end them first.
-        let _ = self.state.hub.send(actors::events::hub::CloseAll).await;
+        self.state.services.events.close_all().await;
         self.handle.stop(true).await;
     }
 }
@@ -351,7 +314,7 @@ async fn not_found(
     match routes.methods_for(req.path()) {
         Some(methods) => {
             let err = ApiError::new(
-                actors::ErrorCode::MethodNotAllowed,
+                Code::MethodNotAllowed,
                 format!("method {} is not allowed on {}", req.method(), req.path()),
             );
             let mut res = actix_web::ResponseError::error_response(&err);
@@ -361,7 +324,7 @@ async fn not_found(
             Ok(res)
         }
         _ => Err(ApiError::new(
-            actors::ErrorCode::NotFound,
+            Code::NotFound,
             format!("no route for {} {}", req.method(), req.path()),
         )),
     }
@@ -376,7 +339,7 @@ fn spawn_housekeeping(state: State) {
             if let Some(limits) = &state.rate_limits {
                 limits.housekeeping();
             }
-            match actors::idempotency::purge(&state.pool).await {
+            match state.services.idempotency.purge().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
                 Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
@@ -387,14 +350,12 @@ fn spawn_housekeeping(state: State) {
 
 /// `scriptd migrate`: apply the pending migrations and return.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
-    let pool = actors::store::connect(
+    actors::service::migrate(
         settings.database.url.expose_secret(),
-        1,
         Duration::from_millis(settings.database.connect_timeout_ms),
-    )?;
-    actors::store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    )
+    .await
+    .context("applying migrations")?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -1,16 +1,21 @@
-//! The core of scriptd: domain types, the actors that own scripts, runs, the
-//! outbox and the event hub, and the SQL store they use. Knows nothing of HTTP.
+//! The core of scriptd: no HTTP types, no status codes, no OpenAPI. Each
+//! layer calls only the one below it:
+//!
+//! - `service`: one door per aggregate, the only API the edge calls;
+//! - the actors (`keyed`, `script`, `run`, `outbox`, `hub`, `sse`) and the
+//!   `workers` they share;
+//! - `store`: all SQL;
+//! - `domain`: parsed newtypes, records, rules, errors.
 
 pub mod domain;
-pub mod error;
-pub mod events;
-pub mod idempotency;
-pub mod listener;
+pub mod hub;
+pub mod keyed;
 pub mod outbox;
-pub mod pagination;
-pub mod registry;
-pub mod runs;
-pub mod scripts;
+pub mod run;
+pub mod script;
+pub mod service;
+pub mod sse;
 pub mod store;
+pub mod workers;
 
-pub use error::{Error, ErrorCode, Result};
+pub use domain::{Error, ErrorCode, Result};

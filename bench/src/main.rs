@@ -806,15 +806,15 @@ async fn sse_fanout(env: &Env, args: &Args) -> Result<Row> {
     let per_session = (with_sessions.saturating_sub(before)) as f64 * 1024.0 / args.sessions as f64;
     eprintln!("sse-fanout: publishing one event");
     let t0 = Instant::now();
-    let event = actors::events::NewEvent {
+    let event = actors::domain::NewEvent {
         tenant_id: "bench-fan".into(),
         name: "Bench.Fanout.v1".into(),
         correlation_id: None,
         success: true,
         payload: json!({}),
     };
-    let pool = actors::store::connect(&env.db_conn, 1, Duration::from_secs(5))?;
-    let client = pool.get().await?;
+    let db = actors::store::Db::connect(&env.db_conn, 1, 1, Duration::from_secs(5))?;
+    let client = db.write().await?;
     actors::store::events::append(&client, &[event], chrono::Utc::now()).await?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut missed = 0;
@@ -893,9 +893,9 @@ async fn audit_depth(env: &Env, args: &Args) -> Result<Row> {
             &[&script_id(DEEP), &((args.deep_rows / 2) as i64)],
         )
         .await?;
-    let key = actors::pagination::Key::time(row.get(0), row.get(1));
-    let filters = actors::pagination::filter_hash(&["audit", &script_id(DEEP)]);
-    let cursor = actors::pagination::encode(key, &filters);
+    let key = actors::domain::Key::time(row.get(0), row.get(1));
+    let filters = scriptd::http::cursor::filter_hash(&["audit", &script_id(DEEP)]);
+    let cursor = scriptd::http::cursor::encode(key, &filters);
     let middle = median(format!(
         "/scripts/{}/audit?limit=50&cursor={cursor}",
         script_id(DEEP)

@@ -6,9 +6,11 @@ use actix_web::{get, web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorBody};
-use crate::openapi::OpenApiJson;
-use crate::state::State;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::state::State;
+
+/// The serialized OpenAPI document, served at `GET /openapi.json`.
+pub struct OpenApiJson(pub String);
 
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok"}))]
@@ -43,7 +45,7 @@ pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
         return Err(ApiError::unavailable(anyhow::anyhow!("shutting down")));
     }
     let limit = Duration::from_millis(state.settings.database.connect_timeout_ms);
-    match tokio::time::timeout(limit, actors::store::ping(&state.pool)).await {
+    match tokio::time::timeout(limit, state.services.ping()).await {
         Ok(Ok(())) => Ok(HttpResponse::Ok().json(StatusBody { status: "ok" })),
         Ok(Err(e)) => Err(ApiError::unavailable(
             anyhow::Error::new(e).context("readiness check"),

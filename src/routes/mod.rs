@@ -8,6 +8,7 @@ pub mod events;
 pub mod health;
 pub mod runs;
 pub mod scripts;
+pub mod versions;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(health::healthz)
@@ -17,11 +18,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(scripts::list_scripts)
         .service(scripts::get_script)
         .service(scripts::patch_script)
-        .service(scripts::create_version)
-        .service(scripts::publish_version)
-        .service(scripts::list_versions)
-        .service(scripts::get_version)
-        .service(scripts::list_audit)
+        .service(versions::create_version)
+        .service(versions::publish_version)
+        .service(versions::list_versions)
+        .service(versions::get_version)
+        .service(versions::list_audit)
         .service(commands::post_command)
         .service(commands::get_command)
         .service(events::stream)

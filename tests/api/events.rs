@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::events::NewEvent;
-use actors::outbox::model::{Command, Completion};
-use actors::outbox::Dispatcher;
+use actors::domain::command::{Command, Completion};
+use actors::domain::NewEvent;
+use actors::workers::dispatcher::Dispatcher;
 use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -44,14 +44,13 @@ fn test_event(tenant: &str, name: &str, payload: Value) -> NewEvent {
 }
 
 /// Appends `batch` through the app's publisher; the new ids.
-async fn publish_batch(state: &scriptd::state::State, batch: &[NewEvent]) -> Vec<i64> {
-    state.publisher.publish(batch).await.unwrap()
+async fn publish_batch(state: &scriptd::http::state::State, batch: &[NewEvent]) -> Vec<i64> {
+    state.services.events.publish(batch).await.unwrap()
 }
 
 /// The hub's live sessions per tenant.
 async fn session_counts(app: &TestApp) -> std::collections::HashMap<String, usize> {
-    let counts = app.state.hub.send(actors::events::hub::SessionCounts);
-    counts.await.unwrap()
+    app.state.services.events.session_counts().await.unwrap()
 }
 
 fn upsert_and_link() -> Value {
@@ -319,13 +318,7 @@ async fn a_last_event_id_outside_the_history_gets_reset() {
     )
     .await
     .unwrap();
-    let purged = app
-        .state
-        .hub
-        .send(actors::events::hub::Purge)
-        .await
-        .unwrap()
-        .unwrap();
+    let purged = app.state.services.events.purge().await.unwrap();
     assert_eq!(purged, 4);
     let mut s = app.sse_query("tenantId=t1&lastEventId=1").await;
     assert_eq!(s.next(WAIT).await.unwrap().event, "reset");
@@ -376,11 +369,8 @@ async fn notify_wakes_the_outbox_long_before_the_poll_interval() {
     let mut s = app.sse(TENANT, "").await;
     // The polls at start (the actor's first, the listener's after it connects)
     // find nothing; the command then wakes the outbox by NOTIFY.
-    let stats = app.outbox().stats.clone();
-    eventually(WAIT, || async {
-        (stats.polls.load(Ordering::Relaxed) >= 2).then_some(())
-    })
-    .await;
+    let outbox = app.outbox().clone();
+    eventually(WAIT, || async { (outbox.polls() >= 2).then_some(()) }).await;
     let cid = post_command(&app, TENANT, upsert_and_link()).await["correlationId"].clone();
     let ev = s.next(WAIT).await.unwrap();
     assert_eq!(ev.json()["correlationId"], cid);
@@ -497,7 +487,15 @@ async fn a_slow_reader_is_cut_off_while_a_fast_one_keeps_up() {
             last = ev.id();
         }
     }
-    assert!(app.state.hub_stats.dropped_slow.load(Ordering::Relaxed) >= 1);
+    assert!(
+        app.state
+            .services
+            .events
+            .stats()
+            .dropped_slow
+            .load(Ordering::Relaxed)
+            >= 1
+    );
     // The slow stream ends: its body finishes instead of hanging.
     let body = tokio::time::timeout(WAIT, slow.bytes())
         .await

@@ -311,7 +311,7 @@ async fn every_event_of_a_run_once_and_finished_last() {
         runs.push((run, status));
     }
     // Whatever is still queued in the process is appended after this.
-    app.state.publisher.flushed().await;
+    app.state.services.events.flushed().await;
 
     let expected_names = |_: &str| {
         vec![

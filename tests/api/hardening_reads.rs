@@ -2,10 +2,11 @@
 //! 500 or a guessed field: forged cursors, bad query parameters, and
 //! non-canonical `:version` path segments.
 
-use actors::pagination::{encode, filter_hash, Key};
+use actors::domain::Key;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::{Method, Response};
+use scriptd::http::cursor::{encode, filter_hash};
 use serde_json::Value;
 
 use crate::helpers::*;

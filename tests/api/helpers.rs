@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use scriptd::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use scriptd::http::state::State;
 use scriptd::startup::Stopper;
-use scriptd::state::State;
 use scriptd::{Application, Settings};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -110,16 +110,9 @@ fn cluster() -> &'static TestCluster {
                     .batch_execute(&format!("CREATE DATABASE {tpl}"))
                     .await
                     .expect("create the template database");
-                let pool = actors::store::connect(
-                    &with_dbname(&maintenance, &tpl),
-                    1,
-                    Duration::from_secs(10),
-                )
-                .unwrap();
-                actors::store::migrate(&pool)
+                actors::service::migrate(&with_dbname(&maintenance, &tpl), Duration::from_secs(10))
                     .await
                     .expect("migrate the template");
-                pool.close();
             });
         })
         .join()
@@ -312,7 +305,7 @@ where
 
 /// A scriptd with another command dispatcher (or none).
 pub async fn spawn_app_with_dispatcher(
-    dispatcher: Option<std::sync::Arc<dyn actors::outbox::Dispatcher>>,
+    dispatcher: Option<std::sync::Arc<dyn actors::workers::dispatcher::Dispatcher>>,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
     init_logs();
@@ -450,7 +443,11 @@ impl TestApp {
     }
 
     pub fn outbox(&self) -> &actors::outbox::Outbox {
-        self.state.outbox.as_ref().expect("the app has an outbox")
+        self.state
+            .services
+            .commands
+            .outbox()
+            .expect("the app has an outbox")
     }
 }
 

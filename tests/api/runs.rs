@@ -456,7 +456,13 @@ async fn a_restarted_run_actor_reloads_its_status() {
     )
     .await;
     let rid = uuid::Uuid::parse_str(&run).unwrap();
-    app.state.runs.inject_failure(rid, false).await.unwrap();
+    app.state
+        .services
+        .runs
+        .actors()
+        .inject_failure(rid, false)
+        .await
+        .unwrap();
     json_of(
         upsert(&app, &run, json!([{ "key": "b", "strVal": "y" }])).await,
         200,
@@ -470,12 +476,33 @@ async fn a_restarted_run_actor_reloads_its_status() {
     )
     .await
     .unwrap();
-    app.state.runs.inject_failure(rid, false).await.unwrap();
+    app.state
+        .services
+        .runs
+        .actors()
+        .inject_failure(rid, false)
+        .await
+        .unwrap();
     let res = upsert(&app, &run, json!([{ "key": "c", "strVal": "z" }])).await;
     assert_error(res, 409, "RUN_FINISHED").await;
-    app.state.runs.inject_failure(rid, true).await.unwrap();
+    app.state
+        .services
+        .runs
+        .actors()
+        .inject_failure(rid, true)
+        .await
+        .unwrap();
     assert_error(finish(&app, &run, "FAILED").await, 409, "RUN_FINISHED").await;
-    assert_eq!(app.state.runs.registry().counts().restarted, 3);
+    assert_eq!(
+        app.state
+            .services
+            .runs
+            .actors()
+            .registry()
+            .counts()
+            .restarted,
+        3
+    );
 }
 
 #[actix_web::test]

@@ -635,7 +635,7 @@ async fn an_idle_actor_passivates_and_comes_back_with_its_state() {
     let id = script_id(&app, "idle").await;
     create_version(&app, &id).await;
     let sid = uuid::Uuid::parse_str(&id).unwrap();
-    let registry = app.state.scripts.registry().clone();
+    let registry = app.state.services.scripts.actors().registry().clone();
     assert!(registry.is_live(sid));
     passivated(|| registry.is_live(sid)).await;
     assert!(registry.counts().passivated >= 1);
@@ -660,16 +660,28 @@ async fn a_failed_actor_is_restarted_and_the_next_request_succeeds() {
     let id = id.as_str();
     let sid = uuid::Uuid::parse_str(id).unwrap();
     create_version(&app, id).await;
-    let registry = app.state.scripts.registry().clone();
+    let registry = app.state.services.scripts.actors().registry().clone();
 
     // Stopped with an error: its supervisor restarts it and it reloads.
-    app.state.scripts.inject_failure(sid, false).await.unwrap();
+    app.state
+        .services
+        .scripts
+        .actors()
+        .inject_failure(sid, false)
+        .await
+        .unwrap();
     let v = create_version(&app, id).await;
     assert_eq!(v["version"], 2);
     assert_eq!(registry.counts().restarted, 1);
 
     // A panic: the mailbox closes; the registry starts a fresh actor.
-    app.state.scripts.inject_failure(sid, true).await.unwrap();
+    app.state
+        .services
+        .scripts
+        .actors()
+        .inject_failure(sid, true)
+        .await
+        .unwrap();
     let v = create_version(&app, id).await;
     assert_eq!(v["version"], 3);
     assert_eq!(registry.counts().restarted, 2);
@@ -696,11 +708,11 @@ async fn actors_for_ids_that_name_nothing_do_not_linger() {
         "NOT_FOUND",
     )
     .await;
-    let registry = app.state.scripts.registry().clone();
+    let registry = app.state.services.scripts.actors().registry().clone();
     passivated(|| registry.is_live(ghost)).await;
     let vars = json!([{ "key": "a", "strVal": "x" }]);
     app.post_err(&format!("/runs/{ghost}/vars"), &vars, 404, "NOT_FOUND")
         .await;
-    let runs = app.state.runs.registry().clone();
+    let runs = app.state.services.runs.actors().registry().clone();
     passivated(|| runs.is_live(ghost)).await;
 }

@@ -173,7 +173,7 @@ async fn keys_are_scoped_per_tenant_and_expire() {
     assert_ne!(fresh["correlationId"], a["correlationId"]);
     // The background purge deletes expired keys (the other tenant's, by now).
     eventually(Duration::from_secs(10), || async {
-        let purged = actors::idempotency::purge(&app.state.pool).await.unwrap();
+        let purged = app.state.services.idempotency.purge().await.unwrap();
         (purged >= 1).then_some(())
     })
     .await;

@@ -3,15 +3,15 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::error::Result;
-use crate::outbox::model::{Command, CommandStatus, NewCommand};
-
-/// NOTIFY channel announcing a new PENDING command.
-pub const OUTBOX_CHANNEL: &str = "scriptd_outbox";
+use crate::domain::{
+    Command, CommandStatus, Completed, Error, ErrorCode, NewCommand, NewEvent, Result,
+};
+use crate::store::notify::OUTBOX_CHANNEL;
+use crate::store::unique_violation;
 
 const COLUMNS: &str = "id, tenant_id, command, correlation_id, actor_user_id, context, payload, \
      status, attempts, result, last_error, created_at, updated_at";
@@ -27,14 +27,47 @@ fn command_from(row: &Row) -> Command {
         payload: row.get("payload"),
         status: CommandStatus::parse(row.get("status")).unwrap_or(CommandStatus::Pending),
         attempts: row.get("attempts"),
-        result: row.get("result"),
+        result: row
+            .get::<_, Option<Value>>("result")
+            .as_ref()
+            .and_then(completed_from),
         last_error: row.get("last_error"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     }
 }
 
-/// Inserts a PENDING command and announces it (the NOTIFY is delivered at commit).
+/// How a completion is kept in `result` (the shape `GET /commands/:id` has
+/// always shown, so older rows read back the same).
+fn completed_json(c: &Completed) -> Value {
+    let e = &c.event;
+    json!({
+        "event": e.name,
+        "correlationId": e.correlation_id,
+        "success": e.success,
+        "payload": e.payload,
+        "tenantId": e.tenant_id,
+        "occurredAt": c.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+fn completed_from(v: &Value) -> Option<Completed> {
+    let occurred_at = DateTime::parse_from_rfc3339(v.get("occurredAt")?.as_str()?).ok()?;
+    Some(Completed {
+        event: NewEvent {
+            tenant_id: v.get("tenantId")?.as_str()?.to_string(),
+            name: v.get("event")?.as_str()?.to_string(),
+            correlation_id: v.get("correlationId")?.as_str().map(str::to_string),
+            success: v.get("success")?.as_bool()?,
+            payload: v.get("payload")?.clone(),
+        },
+        occurred_at: occurred_at.with_timezone(&Utc),
+    })
+}
+
+/// Inserts a PENDING command and announces it (the NOTIFY is delivered at
+/// commit); a correlation id already used in the tenant is refused.
+#[tracing::instrument(level = "debug", skip_all, fields(tenant = %c.tenant_id, correlation = %c.correlation_id))]
 pub async fn insert(
     client: &impl GenericClient,
     c: &NewCommand,
@@ -54,7 +87,7 @@ pub async fn insert(
             &[
                 &id,
                 &c.tenant_id,
-                &c.command,
+                &c.command.as_str(),
                 &c.correlation_id,
                 &c.actor_user_id,
                 &c.created_by_id,
@@ -63,12 +96,22 @@ pub async fn insert(
                 &now,
             ],
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            unique_violation(e, "command_outbox_tenant_correlation_key", || {
+                Error::rejected_with(
+                    ErrorCode::CorrelationIdTaken,
+                    "a command with this correlationId exists in this tenant",
+                    json!({ "correlationId": c.correlation_id }),
+                )
+            })
+        })?;
     let notify = client.prepare_cached("SELECT pg_notify($1, '')").await?;
     client.execute(&notify, &[&OUTBOX_CHANNEL]).await?;
     Ok(id)
 }
 
+#[tracing::instrument(level = "debug", skip(client))]
 pub async fn get_by_correlation(
     client: &impl GenericClient,
     tenant: &str,
@@ -136,10 +179,11 @@ pub async fn finish(
     id: Uuid,
     attempt: i32,
     status: CommandStatus,
-    result: &Value,
+    result: &Completed,
     error: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
+    let result = completed_json(result);
     let stmt = client
         .prepare_cached(
             "UPDATE command_outbox SET status = $3, result = $4, last_error = $5, lease_until = NULL, \
@@ -150,7 +194,7 @@ pub async fn finish(
     Ok(client
         .execute(
             &stmt,
-            &[&id, &attempt, &status.as_str(), result, &error, &now],
+            &[&id, &attempt, &status.as_str(), &result, &error, &now],
         )
         .await?
         == 1)
@@ -178,8 +222,17 @@ pub async fn retry_later(
         == 1)
 }
 
+/// Commands by status, and the age of the oldest PENDING one in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxDepth {
+    pub pending: i64,
+    pub processing: i64,
+    pub failed: i64,
+    pub oldest_pending_secs: Option<f64>,
+}
+
 /// Counts by status and the age of the oldest PENDING command (metrics).
-pub async fn stats(client: &impl GenericClient) -> Result<(i64, i64, i64, Option<f64>)> {
+pub async fn stats(client: &impl GenericClient) -> Result<OutboxDepth> {
     let stmt = client
         .prepare_cached(
             "SELECT count(*) FILTER (WHERE status = 'PENDING'), \
@@ -190,5 +243,10 @@ pub async fn stats(client: &impl GenericClient) -> Result<(i64, i64, i64, Option
         )
         .await?;
     let row = client.query_one(&stmt, &[]).await?;
-    Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+    Ok(OutboxDepth {
+        pending: row.get(0),
+        processing: row.get(1),
+        failed: row.get(2),
+        oldest_pending_secs: row.get(3),
+    })
 }

@@ -5,23 +5,21 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use crate::error::Result;
-use crate::events::model::{NewEvent, StoredEvent};
-
-/// NOTIFY channel announcing a new event id.
-pub const EVENTS_CHANNEL: &str = "scriptd_events";
+use crate::domain::{Event, NewEvent, Result};
 
 const COLUMNS: &str = "id, tenant_id, name, correlation_id, success, payload, occurred_at";
 
-fn event_from(row: &Row) -> StoredEvent {
-    StoredEvent::new(
+fn event_from(row: &Row) -> Event {
+    Event::new(
         row.get("id"),
-        row.get("tenant_id"),
-        row.get("name"),
-        row.get("correlation_id"),
-        row.get("success"),
-        row.get("payload"),
         row.get("occurred_at"),
+        NewEvent {
+            tenant_id: row.get("tenant_id"),
+            name: row.get("name"),
+            correlation_id: row.get("correlation_id"),
+            success: row.get("success"),
+            payload: row.get("payload"),
+        },
     )
 }
 
@@ -57,11 +55,7 @@ pub async fn append(
 }
 
 /// Events of every tenant after `after`, in id order (the hub's live feed).
-pub async fn after(
-    client: &impl GenericClient,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<StoredEvent>> {
+pub async fn after(client: &impl GenericClient, after: i64, limit: i64) -> Result<Vec<Event>> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2"
@@ -86,7 +80,7 @@ pub async fn replay(
     up_to: i64,
     limit: i64,
     max_bytes: i64,
-) -> Result<Vec<StoredEvent>> {
+) -> Result<Vec<Event>> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM ( \
@@ -120,7 +114,8 @@ pub async fn bounds(client: &impl GenericClient) -> Result<(Option<i64>, Option<
     Ok((row.get(0), row.get(1)))
 }
 
-/// The highest id ever handed out (including purged and rolled-back ones).
+/// The highest id in the table (0 when it is empty): live delivery starts
+/// after it.
 pub async fn last_id(client: &impl GenericClient) -> Result<i64> {
     let stmt = client
         .prepare_cached("SELECT COALESCE((SELECT max(id) FROM events), 0)")

@@ -1,18 +1,24 @@
-//! The SQL store: one module per table, functions over `&impl GenericClient`
-//! so they run inside or outside a transaction.
+//! The SQL store: one module per table (and idempotency keys, notifications,
+//! the embedded cluster's own statements), functions over `&impl
+//! GenericClient` so they run inside or outside a transaction. All SQL of
+//! scriptd is here, and so is all knowledge of SQLSTATEs and constraint
+//! names: callers get domain errors.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::error::{Error, Result};
+use crate::domain::{Error, Result};
 
+pub mod cluster;
 pub mod commands;
 pub mod events;
+pub mod idempotency;
+pub mod notify;
 pub mod runs;
 pub mod scripts;
 
@@ -39,10 +45,91 @@ pub fn keyset_start() -> (DateTime<Utc>, uuid::Uuid) {
     (far, uuid::Uuid::max())
 }
 
+/// The database as the services see it: a pool for writes (shared by the
+/// whole process) and a pool for reads. Each HTTP worker thread gets its own
+/// read pool (`for_worker`), whose connections that thread drives, so a read
+/// does not hop threads.
+#[derive(Clone)]
+pub struct Db {
+    write: Pool,
+    read: Pool,
+    url: std::sync::Arc<String>,
+    read_size: usize,
+    timeout: Duration,
+}
+
+impl Db {
+    /// `pool_size` connections for writes; each worker's read pool holds
+    /// `read_size`.
+    pub fn connect(
+        url: &str,
+        pool_size: usize,
+        read_size: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let write = connect(url, pool_size, timeout)?;
+        Ok(Db {
+            read: write.clone(),
+            write,
+            url: std::sync::Arc::new(url.to_string()),
+            read_size: read_size.max(1),
+            timeout,
+        })
+    }
+
+    /// A copy with a read pool of its own, for one worker thread (its
+    /// connections open lazily, on that thread).
+    pub fn for_worker(&self) -> Self {
+        let read =
+            connect(&self.url, self.read_size, self.timeout).unwrap_or_else(|_| self.write.clone());
+        Db {
+            read,
+            ..self.clone()
+        }
+    }
+
+    pub async fn write(&self) -> Result<Object> {
+        Ok(self.write.get().await?)
+    }
+
+    pub async fn read(&self) -> Result<Object> {
+        Ok(self.read.get().await?)
+    }
+
+    /// (size, available, max) of the write pool.
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let s = self.write.status();
+        (s.size, s.available, s.max_size)
+    }
+
+    /// `SELECT 1`: is the database answering?
+    pub async fn ping(&self) -> Result<()> {
+        self.write().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Applies the pending refinery migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut client = self.write().await?;
+        let report = embedded_migrations::migrations::runner()
+            .run_async(&mut **client)
+            .await
+            .map_err(|e| Error::Unexpected(anyhow::Error::new(e).context("running migrations")))?;
+        for m in report.applied_migrations() {
+            tracing::info!(migration = %m, "applied migration");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 /// Builds a connection pool. Connecting and waiting for a free connection are
 /// both bounded by `connect_timeout`, so that an unreachable database answers
 /// quickly instead of hanging.
-pub fn connect(url: &str, pool_size: usize, connect_timeout: Duration) -> anyhow::Result<Pool> {
+fn connect(url: &str, pool_size: usize, connect_timeout: Duration) -> anyhow::Result<Pool> {
     let mut pg = tokio_postgres::Config::from_str(url).context("invalid database url")?;
     pg.connect_timeout(connect_timeout);
     if pg.get_application_name().is_none() {
@@ -65,22 +152,46 @@ pub fn connect(url: &str, pool_size: usize, connect_timeout: Duration) -> anyhow
         .context("building the connection pool")
 }
 
-/// Applies the pending refinery migrations.
-pub async fn migrate(pool: &Pool) -> Result<()> {
-    let mut client = pool.get().await?;
-    let report = embedded_migrations::migrations::runner()
-        .run_async(&mut **client)
-        .await
-        .map_err(|e| Error::Unexpected(anyhow::Error::new(e).context("running migrations")))?;
-    for m in report.applied_migrations() {
-        tracing::info!(migration = %m, "applied migration");
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Self {
+        // A closed connection, an I/O failure or a connection-class SQLSTATE means
+        // the database is (for now) unreachable: 503. Anything else is a bug or a
+        // constraint we did not expect: 500.
+        let io = std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>());
+        let connection_class = err
+            .code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"));
+        if err.is_closed() || io || connection_class {
+            Error::Unavailable(err.into())
+        } else {
+            Error::Unexpected(err.into())
+        }
     }
-    Ok(())
 }
 
-/// `SELECT 1`: is the database answering?
-pub async fn ping(pool: &Pool) -> Result<()> {
-    let client = pool.get().await?;
-    client.simple_query("SELECT 1").await?;
-    Ok(())
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Error::Unavailable(other.into()),
+        }
+    }
+}
+
+/// `err` as a domain error, `refusal` when it is a unique violation of
+/// `constraint` (the store knows its constraints; callers know the rule).
+pub(crate) fn unique_violation(
+    err: tokio_postgres::Error,
+    constraint: &str,
+    refusal: impl FnOnce() -> Error,
+) -> Error {
+    let hit = err.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some(constraint)
+    });
+    if hit {
+        refusal()
+    } else {
+        err.into()
+    }
 }

@@ -8,8 +8,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::error::Result;
-use crate::runs::model::{Run, RunStatus, RunVariable, VarUpsert, VarValue};
+use crate::domain::{Key, Page, Result, Run, RunStatus, RunVariable, VarUpsert, VarValue, Window};
 
 const RUN_COLUMNS: &str = "id, tenant_id, script_id, version, started_by_id, connector_type, \
      connector_key, status, started_at, ended_at";
@@ -40,6 +39,7 @@ fn var_from(row: &Row) -> RunVariable {
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(run = %r.id, tenant = %r.tenant_id))]
 pub async fn insert_run(client: &impl GenericClient, r: &Run) -> Result<()> {
     let stmt = client
         .prepare_cached(
@@ -67,6 +67,7 @@ pub async fn insert_run(client: &impl GenericClient, r: &Run) -> Result<()> {
 }
 
 /// A run by id (any tenant: callers check).
+#[tracing::instrument(level = "debug", skip(client))]
 pub async fn get_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Run>> {
     let stmt = client
         .prepare_cached(&format!(
@@ -118,6 +119,7 @@ pub async fn finish_run(
 /// runs, each with distinct keys. Rows are written in (run, key) order, so
 /// two processes writing the same run cannot deadlock on them. Returns the
 /// stored rows by run; a run with items that is absent was not RUNNING.
+#[tracing::instrument(level = "debug", skip_all, fields(runs = batches.len()))]
 pub async fn upsert_vars(
     client: &impl GenericClient,
     batches: &[(Uuid, &[VarUpsert])],
@@ -218,9 +220,8 @@ pub async fn list_runs(
     client: &impl GenericClient,
     tenant: &str,
     f: &RunFilter,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    limit: i64,
-) -> Result<Vec<Run>> {
+    window: Window,
+) -> Result<Page<Run>> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {RUN_COLUMNS} FROM script_runs WHERE tenant_id = $1 \
@@ -232,7 +233,7 @@ pub async fn list_runs(
              ORDER BY started_at DESC, id DESC LIMIT $8"
         ))
         .await?;
-    let (t, id) = after.unwrap_or_else(super::keyset_start);
+    let (t, id) = window.after_time().unwrap_or_else(super::keyset_start);
     let rows = client
         .query(
             &stmt,
@@ -244,9 +245,10 @@ pub async fn list_runs(
                 &f.to,
                 &t,
                 &id,
-                &limit,
+                &window.fetch(),
             ],
         )
         .await?;
-    Ok(rows.iter().map(run_from).collect())
+    let rows = rows.iter().map(run_from).collect();
+    Ok(window.page(rows, |r: &Run| Key::time(r.started_at, r.id)))
 }

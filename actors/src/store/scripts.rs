@@ -6,10 +6,14 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::error::Result;
-use crate::scripts::model::{
-    AuditAction, AuditEntry, Script, ScriptPatch, ScriptStatus, Version, VersionSummary,
+use crate::domain::script::slug_taken;
+use crate::domain::{
+    AuditAction, AuditEntry, Key, Page, Result, Script, ScriptPatch, ScriptStatus, Version,
+    VersionSummary, Window,
 };
+use crate::store::unique_violation;
+
+const SLUG_KEY: &str = "scripts_tenant_slug_key";
 
 const SCRIPT_COLUMNS: &str = "id, tenant_id, name, slug, description, status, active_version_id, \
      latest_version, revision, labels, intents, language_codes, embedding_key, created_by_id, \
@@ -56,6 +60,8 @@ fn version_from(row: &Row, active: Option<Uuid>) -> Version {
     }
 }
 
+/// Inserts a script; a slug already used in the tenant is refused.
+#[tracing::instrument(level = "debug", skip_all, fields(script = %s.id, tenant = %s.tenant_id))]
 pub async fn insert_script(client: &impl GenericClient, s: &Script) -> Result<()> {
     let stmt = client
         .prepare_cached(
@@ -87,7 +93,8 @@ pub async fn insert_script(client: &impl GenericClient, s: &Script) -> Result<()
                 &s.updated_at,
             ],
         )
-        .await?;
+        .await
+        .map_err(|e| unique_violation(e, SLUG_KEY, || slug_taken(&s.slug)))?;
     Ok(())
 }
 
@@ -256,7 +263,8 @@ pub async fn insert_audits(
 }
 
 /// Applies a patch (fields already validated and known to change) and bumps the
-/// revision; returns the new row.
+/// revision; returns the new row. A slug already used in the tenant is refused.
+#[tracing::instrument(level = "debug", skip_all, fields(script = %id))]
 pub async fn update_script(
     client: &impl GenericClient,
     id: Uuid,
@@ -285,7 +293,7 @@ pub async fn update_script(
             &[
                 &id,
                 &p.name,
-                &p.slug,
+                &p.slug.as_ref().map(|s| s.as_str()),
                 &p.description.is_some(),
                 &p.description.clone().flatten(),
                 &p.labels,
@@ -298,7 +306,12 @@ pub async fn update_script(
                 &now,
             ],
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            unique_violation(e, SLUG_KEY, || {
+                slug_taken(p.slug.as_ref().map(|s| s.as_str()).unwrap_or_default())
+            })
+        })?;
     Ok(script_from(&row))
 }
 
@@ -402,14 +415,14 @@ pub async fn get_script_view(
 /// Filters of `GET /scripts`.
 #[derive(Debug, Clone, Default)]
 pub struct ScriptFilter {
-    /// Escaped for LIKE; matched as a substring of name or slug.
+    /// A substring of name or slug (matched literally: escaped for LIKE here).
     pub q: Option<String>,
     pub slug: Option<String>,
     pub status: Option<ScriptStatus>,
 }
 
 /// Escapes `%`, `_` and `\` so that LIKE matches them literally.
-pub fn like_escape(s: &str) -> String {
+fn like_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -425,9 +438,8 @@ pub async fn list_scripts(
     client: &impl GenericClient,
     tenant: &str,
     filter: &ScriptFilter,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    limit: i64,
-) -> Result<Vec<Script>> {
+    window: Window,
+) -> Result<Page<Script>> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {SCRIPT_COLUMNS} FROM scripts \
@@ -439,22 +451,24 @@ pub async fn list_scripts(
              ORDER BY created_at DESC, id DESC LIMIT $7"
         ))
         .await?;
-    let (t, id) = after.unwrap_or_else(super::keyset_start);
+    let (t, id) = window.after_time().unwrap_or_else(super::keyset_start);
+    let q = filter.q.as_deref().map(like_escape);
     let rows = client
         .query(
             &stmt,
             &[
                 &tenant,
-                &filter.q,
+                &q,
                 &filter.slug,
                 &filter.status.map(|s| s.as_str()),
                 &t,
                 &id,
-                &limit,
+                &window.fetch(),
             ],
         )
         .await?;
-    Ok(rows.iter().map(script_from).collect())
+    let rows = rows.iter().map(script_from).collect();
+    Ok(window.page(rows, |s: &Script| Key::time(s.created_at, s.id)))
 }
 
 /// A page of a script's versions, highest first, below `before`.
@@ -462,9 +476,8 @@ pub async fn list_versions(
     client: &impl GenericClient,
     script_id: Uuid,
     active: Option<Uuid>,
-    before: Option<i32>,
-    limit: i64,
-) -> Result<Vec<VersionSummary>> {
+    window: Window,
+) -> Result<Page<VersionSummary>> {
     let stmt = client
         .prepare_cached(
             "SELECT id, script_id, version, changelog, is_published, created_by_id, created_at \
@@ -472,9 +485,11 @@ pub async fn list_versions(
              ORDER BY version DESC LIMIT $3",
         )
         .await?;
-    let before = before.unwrap_or(i32::MAX);
-    let rows = client.query(&stmt, &[&script_id, &before, &limit]).await?;
-    Ok(rows
+    let before = window.after_version().unwrap_or(i32::MAX);
+    let rows = client
+        .query(&stmt, &[&script_id, &before, &window.fetch()])
+        .await?;
+    let rows = rows
         .iter()
         .map(|r| {
             let id: Uuid = r.get("id");
@@ -489,16 +504,16 @@ pub async fn list_versions(
                 created_at: r.get("created_at"),
             }
         })
-        .collect())
+        .collect();
+    Ok(window.page(rows, |v: &VersionSummary| Key::Version(v.version)))
 }
 
 /// A page of a script's audit trail, newest first, after `(created_at, id)`.
 pub async fn list_audit(
     client: &impl GenericClient,
     script_id: Uuid,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    limit: i64,
-) -> Result<Vec<AuditEntry>> {
+    window: Window,
+) -> Result<Page<AuditEntry>> {
     let stmt = client
         .prepare_cached(
             "SELECT id, script_id, action, version, actor_id, diff_json, note, created_at \
@@ -507,9 +522,11 @@ pub async fn list_audit(
              ORDER BY created_at DESC, id DESC LIMIT $4",
         )
         .await?;
-    let (t, id) = after.unwrap_or_else(super::keyset_start);
-    let rows = client.query(&stmt, &[&script_id, &t, &id, &limit]).await?;
-    Ok(rows
+    let (t, id) = window.after_time().unwrap_or_else(super::keyset_start);
+    let rows = client
+        .query(&stmt, &[&script_id, &t, &id, &window.fetch()])
+        .await?;
+    let rows = rows
         .iter()
         .map(|r| AuditEntry {
             id: r.get("id"),
@@ -521,5 +538,6 @@ pub async fn list_audit(
             note: r.get("note"),
             created_at: r.get("created_at"),
         })
-        .collect())
+        .collect();
+    Ok(window.page(rows, |a: &AuditEntry| Key::time(a.created_at, a.id)))
 }

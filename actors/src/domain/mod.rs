@@ -1,0 +1,21 @@
+//! The domain: parsed newtypes, statuses, the records of each aggregate, the
+//! rules their requests follow and the error enum. No I/O, no HTTP.
+
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod page;
+pub mod run;
+pub mod script;
+
+pub use command::{Accepted, Command, CommandStatus, Completed, NewCommand};
+pub use error::{Error, ErrorCode, Result};
+pub use event::{Event, NewEvent};
+pub use ids::{ActorId, CommandName, CorrelationId, Slug, TenantId, VarKey};
+pub use page::{Key, Page, Window};
+pub use run::{NewRun, Run, RunStatus, RunVariable, VarUpsert, VarValue};
+pub use script::{
+    AuditAction, AuditEntry, NewScript, NewVersion, PatchRequest, PublishRequest, Script,
+    ScriptPatch, ScriptStatus, ScriptView, Version, VersionRequest, VersionSummary,
+};

@@ -1,0 +1,102 @@
+//! Runs and run variables.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::domain::{Error, ErrorCode, NewEvent, VarKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "RUNNING",
+            RunStatus::Succeeded => "SUCCEEDED",
+            RunStatus::Failed => "FAILED",
+            RunStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "RUNNING" => Some(RunStatus::Running),
+            "SUCCEEDED" => Some(RunStatus::Succeeded),
+            "FAILED" => Some(RunStatus::Failed),
+            "CANCELLED" => Some(RunStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub script_id: Uuid,
+    pub version: i32,
+    pub started_by_id: Option<String>,
+    pub connector_type: Option<String>,
+    pub connector_key: Option<String>,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A run variable: exactly one of the four values is set; all four are shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunVariable {
+    pub key: String,
+    pub str_val: Option<String>,
+    pub num_val: Option<f64>,
+    pub bool_val: Option<bool>,
+    pub json_val: Option<Value>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One validated value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarValue {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    Json(Value),
+}
+
+/// One validated upsert item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarUpsert {
+    pub key: VarKey,
+    pub value: VarValue,
+}
+
+/// What `POST /runs` starts.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub script_id: Uuid,
+    pub version: Option<i32>,
+    pub started_by_id: Option<String>,
+    pub connector_type: Option<String>,
+    pub connector_key: Option<String>,
+}
+
+pub fn run_finished() -> Error {
+    Error::rejected(ErrorCode::RunFinished, "the run has finished")
+}
+
+/// An event of `run`, correlated by the run id.
+pub fn run_event(run: &Run, name: &str, payload: Value) -> NewEvent {
+    NewEvent {
+        tenant_id: run.tenant_id.clone(),
+        name: name.to_string(),
+        correlation_id: Some(run.id.to_string()),
+        success: true,
+        payload,
+    }
+}

@@ -1,0 +1,379 @@
+//! ScriptActor: one per script id. It serializes every mutation of its
+//! script (PATCH, version create, publish) and commits queued version creates
+//! together (group commit). Each mutation is one transaction that re-reads
+//! the row under its lock (which serializes writers across processes too)
+//! and writes the audit row with the change.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::json;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::domain::script::{archived, check_base, check_patch, patch_action};
+use crate::domain::{
+    AuditAction, Error, PatchRequest, PublishRequest, Result, Script, ScriptStatus, ScriptView,
+    TenantId, Version, VersionRequest,
+};
+use crate::keyed::{self, KeyedActor, Loading, Queue, Request};
+use crate::store::idempotency::Idem;
+use crate::store::{self, scripts as sql, Db};
+
+/// Version creates committed in one transaction at most.
+const MAX_GROUP: usize = 64;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A version create, completing its idempotency key in its transaction.
+pub struct CreateVersion {
+    pub req: VersionRequest,
+    pub idem: Option<Idem<Version>>,
+}
+
+pub struct Patch(pub PatchRequest);
+
+pub struct Publish(pub PublishRequest);
+
+pub enum ScriptJob {
+    Create(CreateVersion, Reply<Version>),
+    Patch(PatchRequest, Reply<ScriptView>),
+    Publish(PublishRequest, Reply<ScriptView>),
+}
+
+impl keyed::Job for ScriptJob {
+    fn tenant(&self) -> &TenantId {
+        match self {
+            ScriptJob::Create(c, _) => &c.req.tenant,
+            ScriptJob::Patch(r, _) => &r.tenant,
+            ScriptJob::Publish(r, _) => &r.tenant,
+        }
+    }
+
+    fn refuse(self, err: Error) {
+        let _ = match self {
+            ScriptJob::Create(_, tx) => tx.send(Err(err)).is_ok(),
+            ScriptJob::Patch(_, tx) => tx.send(Err(err)).is_ok(),
+            ScriptJob::Publish(_, tx) => tx.send(Err(err)).is_ok(),
+        };
+    }
+}
+
+impl Request<ScriptActor> for CreateVersion {
+    type Reply = Version;
+    fn into_job(self, reply: Reply<Version>) -> ScriptJob {
+        ScriptJob::Create(self, reply)
+    }
+}
+
+impl Request<ScriptActor> for Patch {
+    type Reply = ScriptView;
+    fn into_job(self, reply: Reply<ScriptView>) -> ScriptJob {
+        ScriptJob::Patch(self.0, reply)
+    }
+}
+
+impl Request<ScriptActor> for Publish {
+    type Reply = ScriptView;
+    fn into_job(self, reply: Reply<ScriptView>) -> ScriptJob {
+        ScriptJob::Publish(self.0, reply)
+    }
+}
+
+/// The script kind of keyed actor: what it shares is the database.
+pub struct ScriptActor {
+    pub db: Db,
+}
+
+impl KeyedActor for ScriptActor {
+    const KIND: &'static str = "script";
+    /// Only the tenant is kept: every mutation reads the row under its lock.
+    type State = ();
+    type Job = ScriptJob;
+    type Done = ();
+
+    fn load(&self, key: Uuid) -> Loading<()> {
+        let db = self.db.clone();
+        async move {
+            let client = db.write().await?;
+            Ok(sql::load_script(&client, key)
+                .await?
+                .map(|s| (s.tenant_id, ())))
+        }
+        .boxed()
+    }
+
+    /// All version creates at the head of the queue together, or one
+    /// PATCH or publish.
+    fn next(&mut self, key: Uuid, queue: &mut Queue<ScriptJob>) -> BoxFuture<'static, ()> {
+        let db = self.db.clone();
+        match queue.pop() {
+            Some(ScriptJob::Create(first, tx)) => {
+                let mut batch = vec![(first, tx)];
+                while batch.len() < MAX_GROUP {
+                    match queue.pop_if(|j| matches!(j, ScriptJob::Create(..))) {
+                        Some(ScriptJob::Create(c, tx)) => batch.push((c, tx)),
+                        _ => break,
+                    }
+                }
+                commit_versions(db, key, batch).boxed()
+            }
+            Some(ScriptJob::Patch(req, tx)) => async move {
+                let _ = tx.send(patch_script(&db, key, &req).await);
+            }
+            .boxed(),
+            Some(ScriptJob::Publish(req, tx)) => async move {
+                let _ = tx.send(publish(&db, key, &req).await);
+            }
+            .boxed(),
+            None => async {}.boxed(),
+        }
+    }
+}
+
+/// Commits a group of version creates; if the group transaction fails, each
+/// request is retried alone so that one bad request cannot fail the others.
+async fn commit_versions(db: Db, id: Uuid, batch: Vec<(CreateVersion, Reply<Version>)>) {
+    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    match create_versions(&db, id, &requests).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) if requests.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(script = %id, error = %e, size = requests.len(), "group commit failed; retrying one by one");
+            for (req, reply) in requests.iter().zip(replies) {
+                let outcome = create_versions(&db, id, std::slice::from_ref(req))
+                    .await
+                    .and_then(|mut o| o.pop().unwrap_or_else(|| Err(Error::not_found("script"))));
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// The versions a group creates: each request checked against the locked
+/// row and the numbers handed out before it.
+struct Planned<'a> {
+    outcomes: Vec<Result<Version>>,
+    rows: Vec<sql::VersionRow<'a>>,
+    audits: Vec<sql::AuditRow<'a>>,
+    latest: i32,
+}
+
+fn plan_versions<'a>(
+    script: &Script,
+    requests: &'a [CreateVersion],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Planned<'a> {
+    let mut plan = Planned {
+        outcomes: Vec::with_capacity(requests.len()),
+        rows: Vec::new(),
+        audits: Vec::new(),
+        latest: script.latest_version,
+    };
+    for CreateVersion { req: r, .. } in requests {
+        let refused = if script.status == ScriptStatus::Archived {
+            Err(archived())
+        } else {
+            check_base(r.new.base_version, plan.latest)
+        };
+        if let Err(e) = refused {
+            plan.outcomes.push(Err(e));
+            continue;
+        }
+        plan.latest += 1;
+        let id = Uuid::now_v7();
+        plan.rows.push(sql::VersionRow {
+            id,
+            version: plan.latest,
+            graph_json: &r.new.graph_json,
+            variables_def: r.new.variables_def.as_ref(),
+            changelog: r.new.changelog.as_deref(),
+            created_by_id: r.actor.as_str(),
+        });
+        plan.audits.push(sql::AuditRow {
+            id: Uuid::now_v7(),
+            action: AuditAction::Create,
+            version: plan.latest,
+            actor_id: r.actor.as_str(),
+            diff_json: None,
+            note: r.new.note.as_deref(),
+        });
+        plan.outcomes.push(Ok(Version {
+            id,
+            script_id: script.id,
+            version: plan.latest,
+            graph_json: r.new.graph_json.clone(),
+            variables_def: r.new.variables_def.clone(),
+            changelog: r.new.changelog.clone(),
+            is_published: false,
+            is_active: false,
+            created_by_id: r.actor.to_string(),
+            created_at: now,
+        }));
+    }
+    plan
+}
+
+/// Creates the versions of `requests` in ONE transaction: one counter update
+/// for N versions, N version rows, N audit rows. Requests that a rule refuses
+/// (archived, baseVersion) get their own error without failing the others.
+#[tracing::instrument(level = "debug", skip_all, fields(script = %script_id, group = requests.len()))]
+async fn create_versions(
+    db: &Db,
+    script_id: Uuid,
+    requests: &[CreateVersion],
+) -> Result<Vec<Result<Version>>> {
+    let mut client = db.write().await?;
+    let tx = client.transaction().await?;
+    let Some(script) = sql::lock_script(&tx, script_id).await? else {
+        return Ok(requests
+            .iter()
+            .map(|_| Err(Error::not_found("script")))
+            .collect());
+    };
+    let now = store::now_ms();
+    let plan = plan_versions(&script, requests, now);
+    if plan.rows.is_empty() {
+        return Ok(plan.outcomes);
+    }
+    let count = plan.rows.len() as i32;
+    let last_actor = plan
+        .rows
+        .last()
+        .map(|r| r.created_by_id)
+        .unwrap_or_default();
+    let new_latest = sql::advance_versions(&tx, script_id, count, last_actor, now).await?;
+    if new_latest != plan.latest {
+        // Impossible under the row lock; refuse to commit numbers we did not check.
+        return Err(Error::Unexpected(anyhow::anyhow!(
+            "version counter moved under the lock: expected {}, got {new_latest}",
+            plan.latest
+        )));
+    }
+    sql::insert_versions(&tx, script_id, &script.tenant_id, &plan.rows, now).await?;
+    sql::insert_audits(&tx, script_id, &script.tenant_id, &plan.audits, now).await?;
+    for (r, outcome) in requests.iter().zip(&plan.outcomes) {
+        if let (Some(idem), Ok(v)) = (&r.idem, outcome) {
+            idem.complete(&tx, v).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(plan.outcomes)
+}
+
+async fn view_of(
+    client: &impl deadpool_postgres::GenericClient,
+    script: Script,
+) -> Result<ScriptView> {
+    let active_version = match script.active_version_id {
+        Some(id) => sql::get_version_by_id(client, id).await?,
+        None => None,
+    };
+    Ok(ScriptView {
+        script,
+        active_version,
+    })
+}
+
+/// PATCH: merge patch, If-Match, the status transition table, one audit row.
+#[tracing::instrument(level = "debug", skip_all, fields(script = %script_id))]
+async fn patch_script(db: &Db, script_id: Uuid, req: &PatchRequest) -> Result<ScriptView> {
+    let mut client = db.write().await?;
+    let tx = client.transaction().await?;
+    let script = sql::lock_script(&tx, script_id)
+        .await?
+        .filter(|s| s.tenant_id == req.tenant.as_str())
+        .ok_or_else(|| Error::not_found("script"))?;
+    let (changes, diff) = check_patch(&script, req)?;
+    if diff.is_empty() {
+        return view_of(&tx, script).await;
+    }
+    let now = store::now_ms();
+    let updated = sql::update_script(&tx, script_id, &changes, req.actor.as_str(), now).await?;
+    let audit = sql::AuditRow {
+        id: Uuid::now_v7(),
+        action: patch_action(&changes),
+        version: updated.latest_version,
+        actor_id: req.actor.as_str(),
+        diff_json: Some(serde_json::Value::Object(diff)),
+        note: req.note.as_deref(),
+    };
+    sql::insert_audits(&tx, script_id, &updated.tenant_id, &[audit], now).await?;
+    let view = view_of(&tx, updated).await?;
+    tx.commit().await?;
+    Ok(view)
+}
+
+/// Publish (or roll back to) a version: PUBLISH, or ROLLBACK when lower than
+/// the version active before; a no-op when it is already active and PUBLISHED.
+#[tracing::instrument(level = "debug", skip_all, fields(script = %script_id, version = req.version))]
+async fn publish(db: &Db, script_id: Uuid, req: &PublishRequest) -> Result<ScriptView> {
+    let mut client = db.write().await?;
+    let tx = client.transaction().await?;
+    let script = sql::lock_script(&tx, script_id)
+        .await?
+        .filter(|s| s.tenant_id == req.tenant.as_str())
+        .ok_or_else(|| Error::not_found("script"))?;
+    if script.status == ScriptStatus::Archived {
+        return Err(archived());
+    }
+    let target = sql::get_version(&tx, script_id, req.version, script.active_version_id)
+        .await?
+        .ok_or_else(|| Error::not_found("version"))?;
+    if target.is_active && script.status == ScriptStatus::Published {
+        return Ok(ScriptView {
+            script,
+            active_version: Some(target),
+        });
+    }
+    let previous = match script.active_version_id {
+        Some(id) => sql::get_version_by_id(&tx, id).await?,
+        None => None,
+    };
+    let action = match &previous {
+        Some(p) if target.version < p.version => AuditAction::Rollback,
+        _ => AuditAction::Publish,
+    };
+    let now = store::now_ms();
+    let updated = sql::activate_version(&tx, script_id, target.id, req.actor.as_str(), now).await?;
+    let diff = json!({
+        "activeVersionId": { "from": script.active_version_id, "to": target.id },
+        "status": { "from": script.status.as_str(), "to": ScriptStatus::Published.as_str() },
+    });
+    let audit = sql::AuditRow {
+        id: Uuid::now_v7(),
+        action,
+        version: target.version,
+        actor_id: req.actor.as_str(),
+        diff_json: Some(diff),
+        note: req.note.as_deref(),
+    };
+    sql::insert_audits(&tx, script_id, &updated.tenant_id, &[audit], now).await?;
+    tx.commit().await?;
+    Ok(ScriptView {
+        script: updated,
+        active_version: Some(Version {
+            is_published: true,
+            is_active: true,
+            ..target
+        }),
+    })
+}
+
+/// The script actors of this process.
+pub type ScriptActors = keyed::Actors<ScriptActor>;
+
+/// Starts the registry of script actors.
+pub fn actors(db: Db, idle: std::time::Duration) -> ScriptActors {
+    let db = Arc::new(db);
+    keyed::Actors::new(idle, move || ScriptActor { db: (*db).clone() })
+}

@@ -1,0 +1,159 @@
+//! The door to scripts, their versions and audit trail: reads answer from
+//! the store; every mutation of an existing script goes through its
+//! ScriptActor. Creating a script is one transaction here (no actor owns an
+//! id that does not exist yet).
+
+use uuid::Uuid;
+
+use crate::domain::{
+    ActorId, AuditAction, AuditEntry, Error, NewScript, Page, PatchRequest, PublishRequest, Result,
+    Script, ScriptStatus, ScriptView, TenantId, Version, VersionRequest, VersionSummary, Window,
+};
+use crate::script::{CreateVersion, Patch, Publish, ScriptActors};
+use crate::store::idempotency::Idem;
+pub use crate::store::scripts::ScriptFilter;
+use crate::store::{self, scripts as sql, Db};
+
+#[derive(Clone)]
+pub struct Scripts {
+    pub(crate) db: Db,
+    pub(crate) actors: ScriptActors,
+}
+
+impl Scripts {
+    /// `POST /scripts`: the row and its CREATE audit row (version 0).
+    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %tenant))]
+    pub async fn create(
+        &self,
+        tenant: &TenantId,
+        actor: &ActorId,
+        new: NewScript,
+        idem: Option<&Idem<Script>>,
+    ) -> Result<Script> {
+        let now = store::now_ms();
+        let script = Script {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.to_string(),
+            name: new.name,
+            slug: new.slug.into_string(),
+            description: new.description,
+            status: ScriptStatus::Draft,
+            active_version_id: None,
+            latest_version: 0,
+            labels: new.labels,
+            intents: new.intents,
+            language_codes: new.language_codes,
+            embedding_key: new.embedding_key,
+            created_by_id: actor.to_string(),
+            updated_by_id: actor.to_string(),
+            created_at: now,
+            updated_at: now,
+            revision: 1,
+        };
+        let mut client = self.db.write().await?;
+        let tx = client.transaction().await?;
+        sql::insert_script(&tx, &script).await?;
+        let audit = sql::AuditRow {
+            id: Uuid::now_v7(),
+            action: AuditAction::Create,
+            version: 0,
+            actor_id: actor.as_str(),
+            diff_json: None,
+            note: None,
+        };
+        sql::insert_audits(&tx, script.id, tenant.as_str(), &[audit], now).await?;
+        if let Some(idem) = idem {
+            idem.complete(&tx, &script).await?;
+        }
+        tx.commit().await?;
+        Ok(script)
+    }
+
+    /// A script with its active version, in one round trip.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<ScriptView> {
+        let client = self.db.read().await?;
+        let (script, active_version) = sql::get_script_view(&client, tenant.as_str(), id)
+            .await?
+            .ok_or_else(|| Error::not_found("script"))?;
+        Ok(ScriptView {
+            script,
+            active_version,
+        })
+    }
+
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &ScriptFilter,
+        window: Window,
+    ) -> Result<Page<Script>> {
+        let client = self.db.read().await?;
+        sql::list_scripts(&client, tenant.as_str(), filter, window).await
+    }
+
+    pub async fn patch(&self, id: Uuid, req: PatchRequest) -> Result<ScriptView> {
+        self.actors.ask(id, Patch(req)).await
+    }
+
+    pub async fn create_version(
+        &self,
+        id: Uuid,
+        req: VersionRequest,
+        idem: Option<Idem<Version>>,
+    ) -> Result<Version> {
+        self.actors.ask(id, CreateVersion { req, idem }).await
+    }
+
+    pub async fn publish(&self, id: Uuid, req: PublishRequest) -> Result<ScriptView> {
+        self.actors.ask(id, Publish(req)).await
+    }
+
+    async fn script_of(
+        &self,
+        client: &deadpool_postgres::Object,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Script> {
+        sql::get_script(client, tenant.as_str(), id)
+            .await?
+            .ok_or_else(|| Error::not_found("script"))
+    }
+
+    /// A script's versions, highest first.
+    pub async fn versions(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        window: Window,
+    ) -> Result<Page<VersionSummary>> {
+        let client = self.db.read().await?;
+        let script = self.script_of(&client, tenant, id).await?;
+        sql::list_versions(&client, id, script.active_version_id, window).await
+    }
+
+    pub async fn version(&self, tenant: &TenantId, id: Uuid, version: i32) -> Result<Version> {
+        let client = self.db.read().await?;
+        let script = self.script_of(&client, tenant, id).await?;
+        sql::get_version(&client, id, version, script.active_version_id)
+            .await?
+            .ok_or_else(|| Error::not_found("version"))
+    }
+
+    /// A script's audit trail, newest first.
+    pub async fn audit(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        window: Window,
+    ) -> Result<Page<AuditEntry>> {
+        let client = self.db.read().await?;
+        self.script_of(&client, tenant, id).await?;
+        sql::list_audit(&client, id, window).await
+    }
+
+    /// The actors of this door (admin view, test hooks).
+    pub fn actors(&self) -> &ScriptActors {
+        &self.actors
+    }
+}

@@ -1,0 +1,278 @@
+//! Runs and run variables on the wire.
+
+use std::collections::HashMap;
+
+use actors::domain::{self as core, VarKey, VarUpsert, VarValue};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::dto::{ts, wire_enum};
+use crate::http::error::{ApiError, FieldError};
+use crate::http::extract::RequestBody;
+use crate::http::validation as rules;
+use crate::settings::LimitsSettings;
+
+wire_enum!(RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled
+});
+
+const MAX_ITEMS: usize = 500;
+
+/// `POST /runs`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"scriptId": "0193a0a0-0000-7000-8000-000000000001", "connectorType": "whatsapp", "connectorKey": "+5511999990000"}))]
+pub struct StartRunRequest {
+    /// Alternative to the `x-tenant-id` header.
+    pub tenant_id: Option<String>,
+    pub script_id: Uuid,
+    /// Defaults to the script's active version.
+    #[validate(range(min = 1))]
+    #[schema(minimum = 1)]
+    pub version: Option<i32>,
+    /// Defaults to the caller's actor id.
+    #[validate(custom(function = "rules::embedding_key"))]
+    pub started_by_id: Option<String>,
+    #[validate(custom(function = "rules::embedding_key"))]
+    pub connector_type: Option<String>,
+    #[validate(custom(function = "rules::embedding_key"))]
+    pub connector_key: Option<String>,
+}
+
+impl RequestBody for StartRunRequest {}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStarted {
+    pub run_id: Uuid,
+    pub run: Run,
+}
+
+/// One item of `POST /runs/:runId/vars`: exactly one non-null value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"key": "customer.name", "strVal": "Ana"}))]
+pub struct VarItem {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,200}$")]
+    pub key: String,
+    pub str_val: Option<String>,
+    /// A finite number.
+    pub num_val: Option<f64>,
+    pub bool_val: Option<bool>,
+    /// Any JSON value but null.
+    #[schema(value_type = Option<Object>)]
+    pub json_val: Option<Value>,
+}
+
+/// The body of `POST /runs/:runId/vars`: 1..500 items; the last item per key wins.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct VarItems(pub Vec<VarItem>);
+
+impl RequestBody for VarItems {
+    fn limit(limits: &LimitsSettings) -> usize {
+        limits.vars_body_bytes
+    }
+}
+
+impl VarItems {
+    /// Validates every item and keeps the last one per key, in first-seen order.
+    pub fn into_upserts(self) -> Result<Vec<VarUpsert>, ApiError> {
+        if self.0.is_empty() || self.0.len() > MAX_ITEMS {
+            return Err(ApiError::field(
+                "body",
+                format!("must hold 1..{MAX_ITEMS} items"),
+            ));
+        }
+        let mut errors = Vec::new();
+        let mut out: Vec<VarUpsert> = Vec::with_capacity(self.0.len());
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, item) in self.0.into_iter().enumerate() {
+            let key = VarKey::parse(&item.key);
+            if let Err(m) = &key {
+                errors.push(FieldError::new(format!("[{i}].key"), m.clone()));
+            }
+            let mut values = Vec::new();
+            if let Some(s) = item.str_val {
+                values.push(VarValue::Str(s));
+            }
+            if let Some(n) = item.num_val {
+                if !n.is_finite() {
+                    errors.push(FieldError::new(
+                        format!("[{i}].numVal"),
+                        "must be a finite number",
+                    ));
+                }
+                values.push(VarValue::Num(n));
+            }
+            if let Some(b) = item.bool_val {
+                values.push(VarValue::Bool(b));
+            }
+            if let Some(j) = item.json_val.filter(|j| !j.is_null()) {
+                values.push(VarValue::Json(j));
+            }
+            let (Ok(key), 1) = (key, values.len()) else {
+                if values.len() == 1 {
+                    continue;
+                }
+                errors.push(FieldError::new(
+                    format!("[{i}]"),
+                    "exactly one of strVal, numVal, boolVal, jsonVal must be non-null",
+                ));
+                continue;
+            };
+            let upsert = VarUpsert {
+                key,
+                value: values.remove(0),
+            };
+            match index.get(upsert.key.as_str()) {
+                Some(&at) => out[at] = upsert,
+                None => {
+                    index.insert(upsert.key.to_string(), out.len());
+                    out.push(upsert);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(ApiError::validation(errors))
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VarsUpserted {
+    pub run_id: Uuid,
+    /// Distinct keys written.
+    pub upserted: usize,
+    /// The stored values of the keys touched, by key.
+    pub vars: Vec<RunVariable>,
+}
+
+/// `POST /runs/:runId/finish`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"status": "SUCCEEDED"}))]
+pub struct FinishRequest {
+    /// SUCCEEDED, FAILED or CANCELLED.
+    pub status: RunStatus,
+}
+
+impl RequestBody for FinishRequest {}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunWithVars {
+    #[serde(flatten)]
+    pub run: Run,
+    /// Sorted by key.
+    pub vars: Vec<RunVariable>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListRunsQuery {
+    /// Alternative to the `x-tenant-id` header.
+    pub tenant_id: Option<String>,
+    pub script_id: Option<Uuid>,
+    pub status: Option<RunStatus>,
+    /// RFC 3339; inclusive bound on startedAt.
+    pub from: Option<String>,
+    /// RFC 3339; exclusive bound on startedAt.
+    pub to: Option<String>,
+    /// 1..200, default 50.
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+pub fn parse_time(field: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    v.map(|s| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| ApiError::field(field, "must be an RFC 3339 timestamp"))
+    })
+    .transpose()
+}
+
+/// A run.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub script_id: Uuid,
+    pub version: i32,
+    pub started_by_id: Option<String>,
+    pub connector_type: Option<String>,
+    pub connector_key: Option<String>,
+    pub status: RunStatus,
+    #[serde(serialize_with = "ts::serialize")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "ts::option::serialize")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl From<core::Run> for Run {
+    fn from(r: core::Run) -> Self {
+        Run {
+            status: r.status.into(),
+            started_by_id: r.started_by_id,
+            connector_type: r.connector_type,
+            connector_key: r.connector_key,
+            id: r.id,
+            tenant_id: r.tenant_id,
+            script_id: r.script_id,
+            version: r.version,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+        }
+    }
+}
+
+/// A run variable: exactly one of the four values is set; all four are shown.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunVariable {
+    pub key: String,
+    pub str_val: Option<String>,
+    pub num_val: Option<f64>,
+    pub bool_val: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    pub json_val: Option<Value>,
+    #[serde(serialize_with = "ts::serialize")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<core::RunVariable> for RunVariable {
+    fn from(v: core::RunVariable) -> Self {
+        let core::RunVariable {
+            key,
+            str_val,
+            num_val,
+            bool_val,
+            json_val,
+            updated_at,
+        } = v;
+        RunVariable {
+            key,
+            str_val,
+            num_val,
+            bool_val,
+            json_val,
+            updated_at,
+        }
+    }
+}

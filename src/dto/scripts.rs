@@ -1,0 +1,458 @@
+//! Scripts, versions and audit entries on the wire: request bodies, queries
+//! and views.
+
+use actors::domain::{self as core, ScriptPatch, Slug};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::dto::{ts, wire_enum};
+use crate::http::error::ApiError;
+use crate::http::extract::RequestBody;
+use crate::http::validation::{self as rules, double_option, Fields};
+use crate::settings::LimitsSettings;
+
+wire_enum!(ScriptStatus {
+    Draft,
+    Published,
+    Archived
+});
+wire_enum!(AuditAction {
+    Create,
+    Update,
+    Publish,
+    Rollback,
+    Archive
+});
+
+// ---------- requests ----------
+
+/// `POST /scripts`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"name": "Onboarding", "slug": "onboarding", "labels": ["sales"], "languageCodes": ["en", "pt-BR"]}))]
+pub struct CreateScriptRequest {
+    /// Alternative to the `x-tenant-id` header; both present must agree.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    pub tenant_id: Option<String>,
+    /// 1..200 characters, not blank.
+    #[validate(custom(function = "rules::name"))]
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    pub name: String,
+    /// Unique in the tenant.
+    #[validate(custom(function = "rules::slug"))]
+    #[schema(max_length = 100, pattern = "^[a-z0-9]+(-[a-z0-9]+)*$")]
+    pub slug: String,
+    #[validate(custom(function = "rules::description"))]
+    #[schema(max_length = 2000)]
+    pub description: Option<String>,
+    /// Up to 50 items of 1..100 characters.
+    #[validate(custom(function = "rules::text_list"))]
+    #[schema(max_items = 50)]
+    pub labels: Option<Vec<String>>,
+    /// Up to 50 items of 1..100 characters.
+    #[validate(custom(function = "rules::text_list"))]
+    #[schema(max_items = 50)]
+    pub intents: Option<Vec<String>>,
+    /// BCP 47 tags such as `en`, `pt-BR`.
+    #[validate(custom(function = "rules::language_codes"))]
+    #[schema(max_items = 50)]
+    pub language_codes: Option<Vec<String>>,
+    #[validate(custom(function = "rules::embedding_key"))]
+    #[schema(min_length = 1, max_length = 200)]
+    pub embedding_key: Option<String>,
+}
+
+impl RequestBody for CreateScriptRequest {}
+
+fn slug(s: &str) -> Result<Slug, ApiError> {
+    Slug::parse(s).map_err(|m| ApiError::field("slug", m))
+}
+
+impl CreateScriptRequest {
+    /// The script to create (after `validate`).
+    pub fn into_new(self) -> Result<core::NewScript, ApiError> {
+        Ok(core::NewScript {
+            slug: slug(&self.slug)?,
+            name: self.name,
+            description: self.description,
+            labels: self.labels.unwrap_or_default(),
+            intents: self.intents.unwrap_or_default(),
+            language_codes: self.language_codes.unwrap_or_default(),
+            embedding_key: self.embedding_key,
+        })
+    }
+}
+
+/// `PATCH /scripts/:id`: a JSON merge patch. `null` clears an optional field.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"name": "Onboarding v2", "status": "ARCHIVED", "note": "replaced"}))]
+pub struct PatchScriptRequest {
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub slug: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub labels: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub intents: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub language_codes: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub embedding_key: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<ScriptStatus>)]
+    pub status: Option<Option<ScriptStatus>>,
+    /// Recorded on the audit row; not a change by itself.
+    pub note: Option<String>,
+}
+
+impl RequestBody for PatchScriptRequest {}
+
+impl PatchScriptRequest {
+    pub fn into_domain(self) -> Result<(ScriptPatch, Option<String>), ApiError> {
+        let mut f = Fields::default();
+        let required = |f: &mut Fields, field: &str, v: &Option<Option<String>>| {
+            if matches!(v, Some(None)) {
+                f.fail(field, "is required and cannot be null");
+            }
+        };
+        required(&mut f, "name", &self.name);
+        required(&mut f, "slug", &self.slug);
+        if matches!(self.status, Some(None)) {
+            f.fail("status", "is required and cannot be null");
+        }
+        if let Some(Some(v)) = &self.name {
+            f.check("name", v.as_str(), rules::name);
+        }
+        if let Some(Some(v)) = &self.slug {
+            f.check("slug", v.as_str(), rules::slug);
+        }
+        if let Some(Some(v)) = &self.description {
+            f.check("description", v.as_str(), rules::description);
+        }
+        if let Some(Some(v)) = &self.labels {
+            f.check("labels", v.as_slice(), rules::text_list);
+        }
+        if let Some(Some(v)) = &self.intents {
+            f.check("intents", v.as_slice(), rules::text_list);
+        }
+        if let Some(Some(v)) = &self.language_codes {
+            f.check("languageCodes", v.as_slice(), rules::language_codes);
+        }
+        if let Some(Some(v)) = &self.embedding_key {
+            f.check("embeddingKey", v.as_str(), rules::embedding_key);
+        }
+        if let Some(v) = &self.note {
+            f.check("note", v.as_str(), rules::note);
+        }
+        f.finish()?;
+        let patch = ScriptPatch {
+            name: self.name.flatten(),
+            slug: self.slug.flatten().map(|s| slug(&s)).transpose()?,
+            description: self.description,
+            labels: self.labels.map(Option::unwrap_or_default),
+            intents: self.intents.map(Option::unwrap_or_default),
+            language_codes: self.language_codes.map(Option::unwrap_or_default),
+            embedding_key: self.embedding_key,
+            status: self.status.flatten().map(Into::into),
+        };
+        let empty = patch.name.is_none()
+            && patch.slug.is_none()
+            && patch.description.is_none()
+            && patch.labels.is_none()
+            && patch.intents.is_none()
+            && patch.language_codes.is_none()
+            && patch.embedding_key.is_none()
+            && patch.status.is_none();
+        if empty {
+            return Err(ApiError::field(
+                "body",
+                "the patch changes no field (note alone is not a change)",
+            ));
+        }
+        Ok((patch, self.note))
+    }
+}
+
+/// `POST /scripts/:id/versions`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"graphJson": {"nodes": [{"id": "n1"}], "edges": []}, "changelog": "first draft", "baseVersion": 0}))]
+pub struct CreateVersionRequest {
+    /// An object with arrays `nodes` and `edges`.
+    #[validate(custom(function = "rules::graph_json"))]
+    #[schema(value_type = Object)]
+    pub graph_json: Value,
+    /// The variables this version defines (an object).
+    #[validate(custom(function = "rules::json_object"))]
+    #[schema(value_type = Option<Object>)]
+    pub variables_def: Option<Value>,
+    #[validate(custom(function = "rules::description"))]
+    pub changelog: Option<String>,
+    /// Recorded on the audit row.
+    #[validate(custom(function = "rules::note"))]
+    pub note: Option<String>,
+    /// When given, must equal the script's `latestVersion`, else 409 VERSION_CONFLICT.
+    #[validate(range(min = 0))]
+    #[schema(minimum = 0)]
+    pub base_version: Option<i32>,
+}
+
+impl RequestBody for CreateVersionRequest {
+    fn limit(limits: &LimitsSettings) -> usize {
+        limits.versions_body_bytes
+    }
+}
+
+/// `POST /scripts/:id/versions/:version/publish` (the body may be empty).
+#[derive(Debug, Default, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"note": "go live"}))]
+pub struct PublishRequestBody {
+    #[validate(custom(function = "rules::note"))]
+    pub note: Option<String>,
+}
+
+impl CreateVersionRequest {
+    pub fn into_new(self) -> core::NewVersion {
+        core::NewVersion {
+            graph_json: self.graph_json,
+            variables_def: self.variables_def,
+            changelog: self.changelog,
+            note: self.note,
+            base_version: self.base_version,
+        }
+    }
+}
+
+impl RequestBody for PublishRequestBody {
+    fn empty_is_default() -> bool {
+        true
+    }
+}
+
+// ---------- queries ----------
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListScriptsQuery {
+    /// Alternative to the `x-tenant-id` header.
+    pub tenant_id: Option<String>,
+    /// Case-insensitive substring of name or slug (1..100 characters after trimming).
+    pub q: Option<String>,
+    /// Exact slug.
+    pub slug: Option<String>,
+    pub status: Option<ScriptStatus>,
+    /// 1..200, default 50.
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1..200, default 50.
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+// ---------- views ----------
+
+/// A script row.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Script {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub name: String,
+    pub slug: String,
+    pub description: Option<String>,
+    pub status: ScriptStatus,
+    pub active_version_id: Option<Uuid>,
+    pub latest_version: i32,
+    pub labels: Vec<String>,
+    pub intents: Vec<String>,
+    pub language_codes: Vec<String>,
+    pub embedding_key: Option<String>,
+    pub created_by_id: String,
+    pub updated_by_id: String,
+    #[serde(serialize_with = "ts::serialize")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-30T05:21:00.123Z")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "ts::serialize")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-30T05:21:00.123Z")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<core::Script> for Script {
+    fn from(s: core::Script) -> Self {
+        Script {
+            status: s.status.into(),
+            id: s.id,
+            tenant_id: s.tenant_id,
+            name: s.name,
+            slug: s.slug,
+            description: s.description,
+            active_version_id: s.active_version_id,
+            latest_version: s.latest_version,
+            labels: s.labels,
+            intents: s.intents,
+            language_codes: s.language_codes,
+            embedding_key: s.embedding_key,
+            created_by_id: s.created_by_id,
+            updated_by_id: s.updated_by_id,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// A script with its active version in full (or `null`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScriptView {
+    #[serde(flatten)]
+    pub script: Script,
+    pub active_version: Option<Version>,
+}
+
+impl From<core::ScriptView> for ScriptView {
+    fn from(v: core::ScriptView) -> Self {
+        ScriptView {
+            script: v.script.into(),
+            active_version: v.active_version.map(Version::from),
+        }
+    }
+}
+
+/// An immutable numbered version of a script's graph.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Version {
+    pub id: Uuid,
+    pub script_id: Uuid,
+    pub version: i32,
+    /// `{ "nodes": [...], "edges": [...] }` and anything else the editor keeps.
+    #[schema(value_type = Object, example = json!({"nodes": [{"id": "n1"}], "edges": []}))]
+    pub graph_json: Value,
+    #[schema(value_type = Option<Object>)]
+    pub variables_def: Option<Value>,
+    pub changelog: Option<String>,
+    /// Has ever been published (stays true).
+    pub is_published: bool,
+    /// Is the script's active version.
+    pub is_active: bool,
+    pub created_by_id: String,
+    #[serde(serialize_with = "ts::serialize")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<core::Version> for Version {
+    fn from(v: core::Version) -> Self {
+        Version {
+            graph_json: v.graph_json,
+            variables_def: v.variables_def,
+            id: v.id,
+            script_id: v.script_id,
+            version: v.version,
+            changelog: v.changelog,
+            is_published: v.is_published,
+            is_active: v.is_active,
+            created_by_id: v.created_by_id,
+            created_at: v.created_at,
+        }
+    }
+}
+
+/// A version in lists: without `graphJson` and `variablesDef`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSummary {
+    pub id: Uuid,
+    pub script_id: Uuid,
+    pub version: i32,
+    pub changelog: Option<String>,
+    pub is_published: bool,
+    pub is_active: bool,
+    pub created_by_id: String,
+    #[serde(serialize_with = "ts::serialize")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<core::VersionSummary> for VersionSummary {
+    fn from(v: core::VersionSummary) -> Self {
+        let core::VersionSummary {
+            id,
+            script_id,
+            version,
+            changelog,
+            is_published,
+            is_active,
+            created_by_id,
+            created_at,
+        } = v;
+        VersionSummary {
+            id,
+            script_id,
+            version,
+            changelog,
+            is_published,
+            is_active,
+            created_by_id,
+            created_at,
+        }
+    }
+}
+
+/// One row of a script's audit trail.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub script_id: Uuid,
+    pub action: AuditAction,
+    pub version: i32,
+    pub actor_id: String,
+    /// `{ "field": { "from": …, "to": … } }`; null on CREATE.
+    #[schema(value_type = Option<Object>)]
+    pub diff_json: Option<Value>,
+    pub note: Option<String>,
+    #[serde(serialize_with = "ts::serialize")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<core::AuditEntry> for AuditEntry {
+    fn from(a: core::AuditEntry) -> Self {
+        AuditEntry {
+            action: a.action.into(),
+            diff_json: a.diff_json,
+            note: a.note,
+            id: a.id,
+            script_id: a.script_id,
+            version: a.version,
+            actor_id: a.actor_id,
+            created_at: a.created_at,
+        }
+    }
+}

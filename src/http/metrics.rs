@@ -1,0 +1,175 @@
+//! Prometheus metrics (the `prometheus` crate): request counts and latency per
+//! route and status, and gauges read at scrape time (pool, actors, mailboxes,
+//! outbox, SSE sessions, events).
+
+use actix_web::http::Method;
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use std::sync::atomic::Ordering;
+
+use actors::service::Services;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pool: IntGaugeVec,
+    actors_live: IntGaugeVec,
+    mailbox: IntGaugeVec,
+    outbox: IntGaugeVec,
+    outbox_oldest: Gauge,
+    sse_sessions: IntGauge,
+    events: IntGauge,
+    var_writes: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("scriptd".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route, method and status",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method", "status"],
+        )?;
+        let pool = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Pooled connections by state"),
+            &["state"],
+        )?;
+        let actors_live =
+            IntGaugeVec::new(Opts::new("actors_live", "Live actors by kind"), &["kind"])?;
+        let mailbox = IntGaugeVec::new(
+            Opts::new("actor_mailbox_depth", "Queued messages by actor kind"),
+            &["kind"],
+        )?;
+        let outbox = IntGaugeVec::new(
+            Opts::new("outbox_commands", "Outbox commands by status"),
+            &["status"],
+        )?;
+        let outbox_oldest = Gauge::new(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest PENDING command",
+        )?;
+        let sse_sessions = IntGauge::new("sse_sessions", "Open SSE sessions in this process")?;
+        let events = IntGauge::new(
+            "events_appended_total",
+            "Events appended to the events table (by any process) since this process started",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(actors_live.clone()))?;
+        registry.register(Box::new(mailbox.clone()))?;
+        registry.register(Box::new(outbox.clone()))?;
+        registry.register(Box::new(outbox_oldest.clone()))?;
+        registry.register(Box::new(sse_sessions.clone()))?;
+        let var_writes = IntGaugeVec::new(
+            Opts::new(
+                "var_writer",
+                "Run variable writer: queued run batches, and since start: statements, \
+                 rows, failed groups retried run by run",
+            ),
+            &["what"],
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(var_writes.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            pool,
+            actors_live,
+            mailbox,
+            outbox,
+            outbox_oldest,
+            sse_sessions,
+            events,
+            var_writes,
+        })
+    }
+
+    /// `route` must be a route pattern or `unmatched`: labels come from a
+    /// closed set, whatever clients send.
+    pub fn observe(&self, route: &str, method: &Method, status: u16, secs: f64) {
+        let status = status.to_string();
+        let labels = [route, method_label(method), status.as_str()];
+        self.requests.with_label_values(&labels).inc();
+        self.latency.with_label_values(&labels).observe(secs);
+    }
+
+    /// The text exposition, with the scrape-time gauges refreshed.
+    pub async fn render(&self, services: &Services) -> String {
+        let (size, available, max) = services.pool_status();
+        for (what, v) in [
+            ("in_use", size - available),
+            ("idle", available),
+            ("max", max),
+        ] {
+            self.pool.with_label_values(&[what]).set(v as i64);
+        }
+        for (kind, counts, live) in services.actors() {
+            self.actors_live
+                .with_label_values(&[kind])
+                .set(counts.live as i64);
+            let depth: i64 = live.iter().map(|a| a.mailbox).sum();
+            self.mailbox.with_label_values(&[kind]).set(depth);
+        }
+        if let Ok(d) = services.commands.depth().await {
+            self.outbox.with_label_values(&["pending"]).set(d.pending);
+            self.outbox
+                .with_label_values(&["processing"])
+                .set(d.processing);
+            self.outbox.with_label_values(&["failed"]).set(d.failed);
+            self.outbox_oldest.set(d.oldest_pending_secs.unwrap_or(0.0));
+        }
+        if let Ok(counts) = services.events.session_counts().await {
+            self.sse_sessions.set(counts.values().sum::<usize>() as i64);
+        }
+        self.events
+            .set(services.events.stats().fetched.load(Ordering::Relaxed) as i64);
+        let w = services.runs.writer_stats();
+        for (what, v) in [
+            ("queued", &w.queued),
+            ("statements", &w.statements),
+            ("rows", &w.rows),
+            ("group_retries", &w.group_retries),
+        ] {
+            self.var_writes
+                .with_label_values(&[what])
+                .set(v.load(Ordering::Relaxed) as i64);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The `method` label: a standard method, or `other` for any made-up one.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}

@@ -1,0 +1,203 @@
+//! Versions of a script: create (group-committed by the script's actor),
+//! publish or roll back, list, read; and the audit trail.
+
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actors::domain::{self as core, PublishRequest, VersionRequest};
+use actors::service::idempotency::Recorded;
+use validator::Validate;
+
+use crate::dto::scripts::{
+    AuditEntry, CreateVersionRequest, PageQuery, PublishRequestBody, ScriptView, Version,
+    VersionSummary,
+};
+use crate::http::cursor::{KeyKind, Page, PageRequest};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{path_uuid, path_version, JsonBody, Query};
+use crate::http::idempotency::{self as idem, recorded_json};
+use crate::http::state::{State, Svc};
+use crate::http::tenant::Ctx;
+use crate::http::validation::to_api;
+use crate::routes::scripts::with_etag;
+
+/// Save a new immutable version (number = latestVersion + 1).
+#[utoipa::path(
+    tag = "versions",
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id")),
+    request_body = CreateVersionRequest,
+    responses(
+        (status = 201, description = "Created", body = Version,
+            headers(("Location" = String, description = "/scripts/{id}/versions/{version}"))),
+        (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "VERSION_CONFLICT (details.latestVersion), SCRIPT_ARCHIVED", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE (limits.versions_body_bytes)", body = ErrorBody),
+    )
+)]
+#[post("/scripts/{id}/versions")]
+#[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
+pub async fn create_version(
+    ctx: Ctx,
+    state: State,
+    svc: Svc,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: JsonBody<CreateVersionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_uuid("id", &path)?;
+    let tenant = ctx.tenant(None)?;
+    let (caller, raw) = (ctx.caller.clone(), body.raw.clone());
+    idem::keyed(
+        &state,
+        &req,
+        &caller,
+        &tenant.clone(),
+        &raw,
+        render_created,
+        |idem| async move {
+            body.validate().map_err(to_api)?;
+            let req = VersionRequest {
+                tenant,
+                actor: ctx.caller.actor_id.clone(),
+                new: body.value.into_new(),
+            };
+            Ok(svc.scripts.create_version(id, req, idem).await?)
+        },
+    )
+    .await
+}
+
+fn render_created(v: &core::Version) -> Recorded {
+    let location = format!("/scripts/{}/versions/{}", v.script_id, v.version);
+    recorded_json(
+        StatusCode::CREATED,
+        vec![("location", location)],
+        &Version::from(v.clone()),
+    )
+}
+
+/// Publish a version (PUBLISH), or an older one (ROLLBACK); a no-op when already active.
+#[utoipa::path(
+    tag = "versions",
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+        ("version" = i32, Path, minimum = 1, description = "Version number")),
+    request_body(content = PublishRequestBody, description = "May be empty"),
+    responses(
+        (status = 200, description = "The script with its new active version", body = ScriptView, headers(("ETag" = String))),
+        (status = 400, description = "VALIDATION_FAILED (version not an integer)", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND (script or version)", body = ErrorBody),
+        (status = 409, description = "SCRIPT_ARCHIVED", body = ErrorBody),
+    )
+)]
+#[post("/scripts/{id}/versions/{version}/publish")]
+#[tracing::instrument(level = "debug", skip_all, fields(script = %path.0))]
+pub async fn publish_version(
+    ctx: Ctx,
+    svc: Svc,
+    path: web::Path<(String, String)>,
+    body: JsonBody<PublishRequestBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_uuid("id", &path.0)?;
+    let version = path_version(&path.1)?;
+    let tenant = ctx.tenant(None)?;
+    body.validate().map_err(to_api)?;
+    let req = PublishRequest {
+        tenant,
+        actor: ctx.caller.actor_id.clone(),
+        version,
+        note: body.value.note,
+    };
+    let view = svc.scripts.publish(id, req).await?;
+    let script = view.script.clone();
+    Ok(with_etag(
+        HttpResponse::Ok().json(ScriptView::from(view)),
+        &script,
+    ))
+}
+
+/// A script's versions, highest first (without graphJson and variablesDef).
+#[utoipa::path(
+    tag = "versions",
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of versions", body = Page<VersionSummary>),
+        (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+    )
+)]
+#[get("/scripts/{id}/versions")]
+#[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
+pub async fn list_versions(
+    ctx: Ctx,
+    path: web::Path<String>,
+    query: Query<PageQuery>,
+    svc: Svc,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_uuid("id", &path)?;
+    let tenant = ctx.tenant(None)?;
+    let filters = ["versions", &id.to_string()];
+    let page = PageRequest::parse(
+        query.limit,
+        query.cursor.as_deref(),
+        &filters,
+        KeyKind::Version,
+    )?;
+    let rows = svc.scripts.versions(&tenant, id, page.window).await?;
+    Ok(HttpResponse::Ok().json(page.finish::<_, VersionSummary>(rows)))
+}
+
+/// One version in full.
+#[utoipa::path(
+    tag = "versions",
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+        ("version" = i32, Path, minimum = 1, description = "Version number")),
+    responses(
+        (status = 200, description = "The version", body = Version),
+        (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+    )
+)]
+#[get("/scripts/{id}/versions/{version}")]
+#[tracing::instrument(level = "debug", skip_all, fields(script = %path.0))]
+pub async fn get_version(
+    ctx: Ctx,
+    path: web::Path<(String, String)>,
+    svc: Svc,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_uuid("id", &path.0)?;
+    let version = path_version(&path.1)?;
+    let tenant = ctx.tenant(None)?;
+    let v = svc.scripts.version(&tenant, id, version).await?;
+    Ok(HttpResponse::Ok().json(Version::from(v)))
+}
+
+/// A script's audit trail, newest first.
+#[utoipa::path(
+    tag = "audit",
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of audit entries", body = Page<AuditEntry>),
+        (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+    )
+)]
+#[get("/scripts/{id}/audit")]
+#[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
+pub async fn list_audit(
+    ctx: Ctx,
+    path: web::Path<String>,
+    query: Query<PageQuery>,
+    svc: Svc,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_uuid("id", &path)?;
+    let tenant = ctx.tenant(None)?;
+    let filters = ["audit", &id.to_string()];
+    let page = PageRequest::parse(
+        query.limit,
+        query.cursor.as_deref(),
+        &filters,
+        KeyKind::Time,
+    )?;
+    let rows = svc.scripts.audit(&tenant, id, page.window).await?;
+    Ok(HttpResponse::Ok().json(page.finish::<_, AuditEntry>(rows)))
+}
