@@ -238,22 +238,33 @@ async fn commit_upserts(
             }
         }
     }
-    if !written_keys.is_empty() {
-        written_keys.sort();
-        written_keys.dedup();
-        let run_id = id.to_string();
-        let event = NewEvent {
-            tenant_id: tenant,
-            name: "Run.VarsUpserted.v1".into(),
-            correlation_id: Some(run_id.clone()),
-            success: true,
-            payload: json!({ "runId": run_id, "keys": written_keys }),
-        };
-        // Off the write path: queued in order behind this run's earlier events
-        // (and before its Run.Finished, which the actor queues after this).
-        publisher.publish_detached(vec![event]);
-    }
+    publish_written(&publisher, id, tenant, written_keys);
     finished
+}
+
+/// Appends one `Run.VarsUpserted.v1` for the keys written, off the write path:
+/// queued in order behind this run's earlier events (and before its
+/// Run.Finished, which the actor queues after this).
+fn publish_written(
+    publisher: &EventPublisher,
+    id: Uuid,
+    tenant: String,
+    mut written_keys: Vec<String>,
+) {
+    if written_keys.is_empty() {
+        return;
+    }
+    written_keys.sort();
+    written_keys.dedup();
+    let run_id = id.to_string();
+    let event = NewEvent {
+        tenant_id: tenant,
+        name: "Run.VarsUpserted.v1".into(),
+        correlation_id: Some(run_id.clone()),
+        success: true,
+        payload: json!({ "runId": run_id, "keys": written_keys }),
+    };
+    publisher.publish_detached(vec![event]);
 }
 
 fn answer(m: &UpsertVars, by_key: &HashMap<&str, &RunVariable>) -> Upserted {

@@ -52,21 +52,27 @@ pub fn redacted_target(path: &str, query: &str) -> String {
     format!("{path}?{}", query.join("&"))
 }
 
+/// The request's correlation id (generated when absent or invalid), and
+/// whether the one sent was invalid.
+fn correlation_of(req: &ServiceRequest) -> (String, bool) {
+    let header = req
+        .headers()
+        .get(&CORRELATION_HEADER)
+        .map(|v| v.to_str().map(str::to_string));
+    match header {
+        Some(Ok(id)) if valid_correlation_id(&id) => (id, false),
+        Some(_) => (uuid::Uuid::now_v7().to_string(), true),
+        None => (uuid::Uuid::now_v7().to_string(), false),
+    }
+}
+
 pub async fn request_context(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
     let target = redacted_target(req.path(), req.query_string());
-    let header = req
-        .headers()
-        .get(&CORRELATION_HEADER)
-        .map(|v| v.to_str().map(str::to_string));
-    let (correlation_id, invalid) = match header {
-        Some(Ok(id)) if valid_correlation_id(&id) => (id, false),
-        Some(_) => (uuid::Uuid::now_v7().to_string(), true),
-        None => (uuid::Uuid::now_v7().to_string(), false),
-    };
+    let (correlation_id, invalid) = correlation_of(&req);
     let span = tracing::info_span!(
         "request",
         method = %req.method(),

@@ -6,34 +6,12 @@ use uuid::Uuid;
 
 use crate::domain::{CommandName, NewEvent};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandStatus {
-    Pending,
-    Processing,
-    Completed,
-    Failed,
-}
-
-impl CommandStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandStatus::Pending => "PENDING",
-            CommandStatus::Processing => "PROCESSING",
-            CommandStatus::Completed => "COMPLETED",
-            CommandStatus::Failed => "FAILED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "PENDING" => Some(CommandStatus::Pending),
-            "PROCESSING" => Some(CommandStatus::Processing),
-            "COMPLETED" => Some(CommandStatus::Completed),
-            "FAILED" => Some(CommandStatus::Failed),
-            _ => None,
-        }
-    }
-}
+status_enum!(CommandStatus {
+    Pending = "PENDING",
+    Processing = "PROCESSING",
+    Completed = "COMPLETED",
+    Failed = "FAILED",
+});
 
 /// A command as accepted at the edge.
 #[derive(Debug, Clone)]

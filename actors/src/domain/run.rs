@@ -6,34 +6,12 @@ use uuid::Uuid;
 
 use crate::domain::{Error, ErrorCode, NewEvent, VarKey};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "RUNNING",
-            RunStatus::Succeeded => "SUCCEEDED",
-            RunStatus::Failed => "FAILED",
-            RunStatus::Cancelled => "CANCELLED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "RUNNING" => Some(RunStatus::Running),
-            "SUCCEEDED" => Some(RunStatus::Succeeded),
-            "FAILED" => Some(RunStatus::Failed),
-            "CANCELLED" => Some(RunStatus::Cancelled),
-            _ => None,
-        }
-    }
-}
+status_enum!(RunStatus {
+    Running = "RUNNING",
+    Succeeded = "SUCCEEDED",
+    Failed = "FAILED",
+    Cancelled = "CANCELLED",
+});
 
 #[derive(Debug, Clone)]
 pub struct Run {

@@ -7,63 +7,19 @@ use uuid::Uuid;
 
 use crate::domain::{ActorId, Error, ErrorCode, Slug, TenantId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScriptStatus {
-    Draft,
-    Published,
-    Archived,
-}
+status_enum!(ScriptStatus {
+    Draft = "DRAFT",
+    Published = "PUBLISHED",
+    Archived = "ARCHIVED",
+});
 
-impl ScriptStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ScriptStatus::Draft => "DRAFT",
-            ScriptStatus::Published => "PUBLISHED",
-            ScriptStatus::Archived => "ARCHIVED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "DRAFT" => Some(ScriptStatus::Draft),
-            "PUBLISHED" => Some(ScriptStatus::Published),
-            "ARCHIVED" => Some(ScriptStatus::Archived),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditAction {
-    Create,
-    Update,
-    Publish,
-    Rollback,
-    Archive,
-}
-
-impl AuditAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditAction::Create => "CREATE",
-            AuditAction::Update => "UPDATE",
-            AuditAction::Publish => "PUBLISH",
-            AuditAction::Rollback => "ROLLBACK",
-            AuditAction::Archive => "ARCHIVE",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "CREATE" => Some(AuditAction::Create),
-            "UPDATE" => Some(AuditAction::Update),
-            "PUBLISH" => Some(AuditAction::Publish),
-            "ROLLBACK" => Some(AuditAction::Rollback),
-            "ARCHIVE" => Some(AuditAction::Archive),
-            _ => None,
-        }
-    }
-}
+status_enum!(AuditAction {
+    Create = "CREATE",
+    Update = "UPDATE",
+    Publish = "PUBLISH",
+    Rollback = "ROLLBACK",
+    Archive = "ARCHIVE",
+});
 
 /// A script row.
 #[derive(Debug, Clone)]

@@ -137,32 +137,37 @@ pub async fn claim(db: &Db, key: IdemKey, ttl: Duration, lease: Duration) -> Res
             // Purged between the two statements: claim again.
             continue;
         };
-        let fingerprint: Vec<u8> = row.get(0);
-        if fingerprint != key.fingerprint {
-            return Ok(ClaimOutcome::Reused);
-        }
-        let state: String = row.get(1);
-        if state != "COMPLETED" {
-            return Ok(ClaimOutcome::InUse);
-        }
-        let headers: Value = row.get::<_, Option<Value>>(3).unwrap_or(Value::Null);
-        let headers = headers
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        return Ok(ClaimOutcome::Replay(Recorded {
-            status: row.get::<_, Option<i16>>(2).unwrap_or(200) as u16,
-            headers,
-            body: row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
-        }));
+        return Ok(outcome_of(&row, &key));
     }
     Err(Error::Unexpected(anyhow::anyhow!(
         "the idempotency key vanished twice while claiming it"
     )))
+}
+
+/// What an existing key answers a claim that did not take it.
+fn outcome_of(row: &tokio_postgres::Row, key: &IdemKey) -> ClaimOutcome {
+    let fingerprint: Vec<u8> = row.get(0);
+    if fingerprint != key.fingerprint {
+        return ClaimOutcome::Reused;
+    }
+    let state: String = row.get(1);
+    if state != "COMPLETED" {
+        return ClaimOutcome::InUse;
+    }
+    let headers: Value = row.get::<_, Option<Value>>(3).unwrap_or(Value::Null);
+    let headers = headers
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    ClaimOutcome::Replay(Recorded {
+        status: row.get::<_, Option<i16>>(2).unwrap_or(200) as u16,
+        headers,
+        body: row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
+    })
 }
 
 /// Records the response of a claim (in the caller's transaction). False when
