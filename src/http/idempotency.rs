@@ -6,7 +6,11 @@ use crate::http::error::Code;
 use actix_web::dev::ResourceDef;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError};
 use actors::domain::TenantId;
 use actors::service::idempotency::{in_use, Claim, ClaimOutcome, Idem, IdemKey, Recorded};
 use serde::Serialize;
@@ -14,7 +18,9 @@ use sha2::{Digest, Sha256};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ShapedError};
-use crate::http::state::AppState;
+use crate::http::extract::{JsonBody, RequestBody};
+use crate::http::state::{AppState, State};
+use crate::http::tenant::Ctx;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENCY_TTL: &str = "idempotency-ttl";
@@ -174,30 +180,73 @@ async fn try_begin(
     })
 }
 
-/// The one shape of a keyed handler: claim the key (or answer with its
-/// replay or refusal), run `work` with the completion its write carries,
-/// answer with `render` of what it wrote, and finish the key.
-pub async fn keyed<T, Fut>(
-    state: &AppState,
-    req: &HttpRequest,
-    caller: &Caller,
-    tenant: &TenantId,
-    raw: &[u8],
-    render: fn(&T) -> Recorded,
-    work: impl FnOnce(Option<Idem<T>>) -> Fut,
-) -> Result<HttpResponse, ApiError>
-where
-    T: 'static,
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
-{
-    let claim = match begin(state, req, caller, tenant, raw).await {
-        Begun::Respond(res) => return Ok(res),
-        Begun::Proceed(claim) => claim,
-    };
-    let result = work(completion(&claim, render))
-        .await
-        .map(|value| to_response(&render(&value)));
-    finish(state, claim, result).await
+/// What a keyed POST handler takes: the caller's context, its JSON body, and
+/// what claiming the key needs. `run` is the one shape of a keyed handler.
+pub struct KeyedPost<T> {
+    pub ctx: Ctx,
+    pub body: JsonBody<T>,
+    state: State,
+    req: HttpRequest,
+}
+
+impl<T: RequestBody + 'static> FromRequest for KeyedPost<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let ctx = Ctx::from_request(req, payload);
+        let body = JsonBody::<T>::from_request(req, payload);
+        let req = req.clone();
+        Box::pin(async move {
+            let ctx = ctx.await?;
+            let body = body.await?;
+            let state = req
+                .app_data::<State>()
+                .cloned()
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
+            Ok(KeyedPost {
+                ctx,
+                body,
+                state,
+                req,
+            })
+        })
+    }
+}
+
+impl<T> KeyedPost<T> {
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Claims the key (or answers with its replay or refusal), runs `work`
+    /// with the completion its write carries, answers with `render` of what
+    /// it wrote, and finishes the key.
+    pub async fn run<V, Fut>(
+        self,
+        tenant: TenantId,
+        render: fn(&V) -> Recorded,
+        work: impl FnOnce(Ctx, TenantId, JsonBody<T>, Option<Idem<V>>) -> Fut,
+    ) -> Result<HttpResponse, ApiError>
+    where
+        V: 'static,
+        Fut: Future<Output = Result<V, ApiError>>,
+    {
+        let KeyedPost {
+            ctx,
+            body,
+            state,
+            req,
+        } = self;
+        let claim = match begin(&state, &req, &ctx.caller, &tenant, &body.raw).await {
+            Begun::Respond(res) => return Ok(res),
+            Begun::Proceed(claim) => claim,
+        };
+        let result = work(ctx, tenant, body, completion(&claim, render))
+            .await
+            .map(|value| to_response(&render(&value)));
+        finish(&state, claim, result).await
+    }
 }
 
 /// The completion a write carries for `claim`.

@@ -1,16 +1,16 @@
 //! Commands: accepted into the transactional outbox, completed asynchronously.
 
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use actors::domain::Accepted;
 use actors::service::idempotency::Recorded;
 use validator::Validate;
 
 use crate::dto::commands::{CommandAccepted, CommandRequest, CommandStatus, CommandView};
 use crate::http::error::{ApiError, Code, ErrorBody};
-use crate::http::extract::{path_uuid, JsonBody};
-use crate::http::idempotency::{self as idem, recorded_json};
-use crate::http::state::{State, Svc};
+use crate::http::extract::path_uuid;
+use crate::http::idempotency::{recorded_json, KeyedPost};
+use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
 use crate::http::validation::to_api;
 use crate::settings::AuthMode;
@@ -31,32 +31,23 @@ use crate::settings::AuthMode;
 #[post("/commands")]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn post_command(
-    ctx: Ctx,
-    state: State,
+    post: KeyedPost<CommandRequest>,
     svc: Svc,
-    req: HttpRequest,
-    body: JsonBody<CommandRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = ctx.tenant(None)?;
+    let tenant = post.ctx.tenant(None)?;
     // Authorization comes before the key is looked up: a refused caller
     // neither claims nor reads anyone's key.
-    if state.auth.mode() == AuthMode::Jwt
-        && body.value.actor.user_id != ctx.caller.actor_id.as_str()
-    {
+    let subject = post.ctx.caller.actor_id.as_str();
+    if post.state().auth.mode() == AuthMode::Jwt && post.body.value.actor.user_id != subject {
         return Err(ApiError::new(
             Code::Forbidden,
             "actor.userId must be the token's subject",
         ));
     }
-    let (caller, raw) = (ctx.caller.clone(), body.raw.clone());
-    idem::keyed(
-        &state,
-        &req,
-        &caller,
-        &tenant.clone(),
-        &raw,
+    post.run(
+        tenant,
         render_accepted,
-        |idem| async move {
+        |ctx, tenant, body, idem| async move {
             body.validate().map_err(to_api)?;
             let command = body.value.into_new(&tenant, &ctx.caller.actor_id)?;
             Ok(svc.commands.accept(&command, idem.as_ref()).await?)

@@ -2,7 +2,7 @@
 //! the variable writer), finish, list, read.
 
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use actors::domain::{self as core, NewRun};
 use actors::service::idempotency::Recorded;
 use actors::service::runs::RunFilter;
@@ -16,8 +16,8 @@ use crate::dto::runs::{
 use crate::http::cursor::{KeyKind, Page, PageRequest};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{path_uuid, JsonBody, Query};
-use crate::http::idempotency::{self as idem, recorded_json};
-use crate::http::state::{State, Svc};
+use crate::http::idempotency::{recorded_json, KeyedPost};
+use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
 use crate::http::validation::to_api;
 
@@ -36,22 +36,14 @@ use crate::http::validation::to_api;
 #[post("/runs")]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn start_run(
-    ctx: Ctx,
-    state: State,
+    post: KeyedPost<StartRunRequest>,
     svc: Svc,
-    req: HttpRequest,
-    body: JsonBody<StartRunRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = ctx.tenant(body.tenant_id.as_deref())?;
-    let (caller, raw) = (ctx.caller.clone(), body.raw.clone());
-    idem::keyed(
-        &state,
-        &req,
-        &caller,
-        &tenant.clone(),
-        &raw,
+    let tenant = post.ctx.tenant(post.body.tenant_id.as_deref())?;
+    post.run(
+        tenant,
         render_started,
-        |idem| async move {
+        |ctx, tenant, body, idem| async move {
             body.validate().map_err(to_api)?;
             let b = body.value;
             let new = NewRun {

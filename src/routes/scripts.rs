@@ -14,8 +14,8 @@ use crate::dto::scripts::{
 use crate::http::cursor::{KeyKind, Page, PageRequest};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{no_nul, path_uuid, JsonBody, Query};
-use crate::http::idempotency::{self as idem, recorded_json};
-use crate::http::state::{State, Svc};
+use crate::http::idempotency::{recorded_json, KeyedPost};
+use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
 use crate::http::validation::to_api;
 
@@ -49,22 +49,14 @@ pub(crate) fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<
 #[post("/scripts")]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create_script(
-    ctx: Ctx,
-    state: State,
+    post: KeyedPost<CreateScriptRequest>,
     svc: Svc,
-    req: HttpRequest,
-    body: JsonBody<CreateScriptRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = ctx.tenant(body.tenant_id.as_deref())?;
-    let (caller, raw) = (ctx.caller.clone(), body.raw.clone());
-    idem::keyed(
-        &state,
-        &req,
-        &caller,
-        &tenant.clone(),
-        &raw,
+    let tenant = post.ctx.tenant(post.body.tenant_id.as_deref())?;
+    post.run(
+        tenant,
         render_created,
-        |idem| async move {
+        |ctx, tenant, body, idem| async move {
             body.validate().map_err(to_api)?;
             let new = body.value.into_new()?;
             let actor = &ctx.caller.actor_id;

@@ -2,7 +2,7 @@
 //! publish or roll back, list, read; and the audit trail.
 
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use actors::domain::{self as core, PublishRequest, VersionRequest};
 use actors::service::idempotency::Recorded;
 use validator::Validate;
@@ -14,8 +14,8 @@ use crate::dto::scripts::{
 use crate::http::cursor::{KeyKind, Page, PageRequest};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{path_uuid, path_version, JsonBody, Query};
-use crate::http::idempotency::{self as idem, recorded_json};
-use crate::http::state::{State, Svc};
+use crate::http::idempotency::{recorded_json, KeyedPost};
+use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
 use crate::http::validation::to_api;
 use crate::routes::scripts::with_etag;
@@ -37,30 +37,20 @@ use crate::routes::scripts::with_etag;
 #[post("/scripts/{id}/versions")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
 pub async fn create_version(
-    ctx: Ctx,
-    state: State,
-    svc: Svc,
-    req: HttpRequest,
+    post: KeyedPost<CreateVersionRequest>,
     path: web::Path<String>,
-    body: JsonBody<CreateVersionRequest>,
+    svc: Svc,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("id", &path)?;
-    let tenant = ctx.tenant(None)?;
-    let (caller, raw) = (ctx.caller.clone(), body.raw.clone());
-    idem::keyed(
-        &state,
-        &req,
-        &caller,
-        &tenant.clone(),
-        &raw,
+    let tenant = post.ctx.tenant(None)?;
+    post.run(
+        tenant,
         render_created,
-        |idem| async move {
+        |ctx, tenant, body, idem| async move {
             body.validate().map_err(to_api)?;
-            let req = VersionRequest {
-                tenant,
-                actor: ctx.caller.actor_id.clone(),
-                new: body.value.into_new(),
-            };
+            let actor = ctx.caller.actor_id.clone();
+            let new = body.value.into_new();
+            let req = VersionRequest { tenant, actor, new };
             Ok(svc.scripts.create_version(id, req, idem).await?)
         },
     )

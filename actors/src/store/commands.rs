@@ -117,16 +117,10 @@ pub async fn get_by_correlation(
     tenant: &str,
     correlation_id: Uuid,
 ) -> Result<Option<Command>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM command_outbox WHERE tenant_id = $1 AND correlation_id = $2"
-        ))
-        .await?;
-    Ok(client
-        .query_opt(&stmt, &[&tenant, &correlation_id])
-        .await?
-        .as_ref()
-        .map(command_from))
+    let sql = format!(
+        "SELECT {COLUMNS} FROM command_outbox WHERE tenant_id = $1 AND correlation_id = $2"
+    );
+    super::opt(client, &sql, &[&tenant, &correlation_id], command_from).await
 }
 
 /// Returns expired leases to PENDING (their process died or stalled).
@@ -148,28 +142,21 @@ pub async fn claim(
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Command>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "WITH due AS ( \
+    let sql = format!(
+        "WITH due AS ( \
                SELECT id FROM command_outbox \
                WHERE status = 'PENDING' AND next_attempt_at <= $1 \
                ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE command_outbox o SET status = 'PROCESSING', attempts = o.attempts + 1, \
                lease_until = $3, updated_at = $1 \
              FROM due WHERE o.id = due.id RETURNING {}",
-            COLUMNS
-                .split(", ")
-                .map(|c| format!("o.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .await?;
-    Ok(client
-        .query(&stmt, &[&now, &limit, &lease_until])
-        .await?
-        .iter()
-        .map(command_from)
-        .collect())
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    super::all(client, &sql, &[&now, &limit, &lease_until], command_from).await
 }
 
 /// Marks a claimed command COMPLETED or FAILED with its result, if this claim

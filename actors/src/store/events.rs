@@ -56,17 +56,8 @@ pub async fn append(
 
 /// Events of every tenant after `after`, in id order (the hub's live feed).
 pub async fn after(client: &impl GenericClient, after: i64, limit: i64) -> Result<Vec<Event>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2"
-        ))
-        .await?;
-    Ok(client
-        .query(&stmt, &[&after, &limit])
-        .await?
-        .iter()
-        .map(event_from)
-        .collect())
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2");
+    super::all(client, &sql, &[&after, &limit], event_from).await
 }
 
 /// A tenant's events in `(after, up_to]`, optionally of one correlation

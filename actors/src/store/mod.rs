@@ -178,6 +178,33 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
+/// The row of a cached statement, mapped by `from` (`None` when there is none).
+pub(crate) async fn opt<T>(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    from: impl Fn(&tokio_postgres::Row) -> T,
+) -> Result<Option<T>> {
+    let stmt = client.prepare_cached(sql).await?;
+    Ok(client.query_opt(&stmt, params).await?.as_ref().map(from))
+}
+
+/// The rows of a cached statement, mapped by `from`.
+pub(crate) async fn all<T>(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    from: impl Fn(&tokio_postgres::Row) -> T,
+) -> Result<Vec<T>> {
+    let stmt = client.prepare_cached(sql).await?;
+    Ok(client
+        .query(&stmt, params)
+        .await?
+        .iter()
+        .map(from)
+        .collect())
+}
+
 /// `err` as a domain error, `refusal` when it is a unique violation of
 /// `constraint` (the store knows its constraints; callers know the rule).
 pub(crate) fn unique_violation(

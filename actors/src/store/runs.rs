@@ -69,30 +69,14 @@ pub async fn insert_run(client: &impl GenericClient, r: &Run) -> Result<()> {
 /// A run by id (any tenant: callers check).
 #[tracing::instrument(level = "debug", skip(client))]
 pub async fn get_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Run>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1"
-        ))
-        .await?;
-    Ok(client
-        .query_opt(&stmt, &[&id])
-        .await?
-        .as_ref()
-        .map(run_from))
+    let sql = format!("SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1");
+    super::opt(client, &sql, &[&id], run_from).await
 }
 
 /// A run, row-locked until the transaction ends (finish).
 pub async fn lock_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Run>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1 FOR UPDATE"
-        ))
-        .await?;
-    Ok(client
-        .query_opt(&stmt, &[&id])
-        .await?
-        .as_ref()
-        .map(run_from))
+    let sql = format!("SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1 FOR UPDATE");
+    super::opt(client, &sql, &[&id], run_from).await
 }
 
 pub async fn finish_run(

@@ -104,45 +104,21 @@ pub async fn get_script(
     tenant: &str,
     id: Uuid,
 ) -> Result<Option<Script>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1 AND tenant_id = $2"
-        ))
-        .await?;
-    Ok(client
-        .query_opt(&stmt, &[&id, &tenant])
-        .await?
-        .as_ref()
-        .map(script_from))
+    let sql = format!("SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1 AND tenant_id = $2");
+    super::opt(client, &sql, &[&id, &tenant], script_from).await
 }
 
 /// A script by id (any tenant: the owning actor checks), row-locked until the
 /// transaction ends. This lock is what serializes writers across processes.
 pub async fn lock_script(client: &impl GenericClient, id: Uuid) -> Result<Option<Script>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1 FOR UPDATE"
-        ))
-        .await?;
-    Ok(client
-        .query_opt(&stmt, &[&id])
-        .await?
-        .as_ref()
-        .map(script_from))
+    let sql = format!("SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1 FOR UPDATE");
+    super::opt(client, &sql, &[&id], script_from).await
 }
 
 /// A script by id, unlocked (actor start).
 pub async fn load_script(client: &impl GenericClient, id: Uuid) -> Result<Option<Script>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1"
-        ))
-        .await?;
-    Ok(client
-        .query_opt(&stmt, &[&id])
-        .await?
-        .as_ref()
-        .map(script_from))
+    let sql = format!("SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1");
+    super::opt(client, &sql, &[&id], script_from).await
 }
 
 /// Advances the version counter by `count` and bumps the revision; returns the
