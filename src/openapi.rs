@@ -138,6 +138,9 @@ fn common_parts(path: &str, method: &str, op: &mut utoipa::openapi::path::Operat
             ),
         );
     }
+    if path.contains('{') {
+        add("404", error_response("NOT_FOUND", false));
+    }
     add(
         "500",
         error_response("INTERNAL (no internals in the message)", false),

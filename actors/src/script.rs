@@ -284,15 +284,24 @@ async fn view_of(
     })
 }
 
+/// The script row, locked, when it belongs to `tenant`.
+async fn lock_in_tenant(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+    tenant: &TenantId,
+) -> Result<Script> {
+    sql::lock_script(tx, id)
+        .await?
+        .filter(|s| s.tenant_id == tenant.as_str())
+        .ok_or_else(|| Error::not_found("script"))
+}
+
 /// PATCH: merge patch, If-Match, the status transition table, one audit row.
 #[tracing::instrument(level = "debug", skip_all, fields(script = %script_id))]
 async fn patch_script(db: &Db, script_id: Uuid, req: &PatchRequest) -> Result<ScriptView> {
     let mut client = db.write().await?;
     let tx = client.transaction().await?;
-    let script = sql::lock_script(&tx, script_id)
-        .await?
-        .filter(|s| s.tenant_id == req.tenant.as_str())
-        .ok_or_else(|| Error::not_found("script"))?;
+    let script = lock_in_tenant(&tx, script_id, &req.tenant).await?;
     let (changes, diff) = check_patch(&script, req)?;
     if diff.is_empty() {
         return view_of(&tx, script).await;
@@ -319,10 +328,7 @@ async fn patch_script(db: &Db, script_id: Uuid, req: &PatchRequest) -> Result<Sc
 async fn publish(db: &Db, script_id: Uuid, req: &PublishRequest) -> Result<ScriptView> {
     let mut client = db.write().await?;
     let tx = client.transaction().await?;
-    let script = sql::lock_script(&tx, script_id)
-        .await?
-        .filter(|s| s.tenant_id == req.tenant.as_str())
-        .ok_or_else(|| Error::not_found("script"))?;
+    let script = lock_in_tenant(&tx, script_id, &req.tenant).await?;
     if script.status == ScriptStatus::Archived {
         return Err(archived());
     }

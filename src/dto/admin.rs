@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::dto::ts;
+use crate::dto::{ts, view};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -19,57 +19,27 @@ pub struct ActorsQuery {
     pub limit: Option<u32>,
 }
 
-/// Life-cycle counts of one kind of actor in this process.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KindCounts {
-    pub live: u64,
-    pub started: u64,
-    pub restarted: u64,
-    pub passivated: u64,
-}
-
-impl From<keyed::KindCounts> for KindCounts {
-    fn from(c: keyed::KindCounts) -> Self {
-        let keyed::KindCounts {
-            live,
-            started,
-            restarted,
-            passivated,
-        } = c;
-        KindCounts {
-            live,
-            started,
-            restarted,
-            passivated,
-        }
+view! {
+    /// Life-cycle counts of one kind of actor in this process.
+    KindCounts from keyed::KindCounts {
+        live: u64,
+        started: u64,
+        restarted: u64,
+        passivated: u64,
     }
 }
 
-/// One live actor.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ActorInfo {
-    pub kind: String,
-    pub key: String,
-    pub tenant_id: Option<String>,
-    pub mailbox: i64,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime)]
-    pub last_activity_at: DateTime<Utc>,
-    pub restarts: u32,
-}
-
-impl From<keyed::ActorInfo> for ActorInfo {
-    fn from(a: keyed::ActorInfo) -> Self {
-        ActorInfo {
-            kind: a.kind.to_string(),
-            key: a.key,
-            tenant_id: a.tenant_id,
-            mailbox: a.mailbox,
-            last_activity_at: a.last_activity_at,
-            restarts: a.restarts,
-        }
+view! {
+    /// One live actor.
+    ActorInfo from keyed::ActorInfo {
+        kind: String,
+        key: String,
+        tenant_id: Option<String>,
+        mailbox: i64,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime)]
+        last_activity_at: DateTime<Utc>,
+        restarts: u32,
     }
 }
 

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::dto::{ts, wire_enum};
+use crate::dto::{ts, view, wire_enum};
 use crate::http::error::{ApiError, FieldError};
 use crate::http::extract::RequestBody;
 use crate::http::validation as rules;
@@ -204,75 +204,37 @@ pub fn parse_time(field: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>,
     .transpose()
 }
 
-/// A run.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Run {
-    pub id: Uuid,
-    pub tenant_id: String,
-    pub script_id: Uuid,
-    pub version: i32,
-    pub started_by_id: Option<String>,
-    pub connector_type: Option<String>,
-    pub connector_key: Option<String>,
-    pub status: RunStatus,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime)]
-    pub started_at: DateTime<Utc>,
-    #[serde(serialize_with = "ts::option::serialize")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub ended_at: Option<DateTime<Utc>>,
-}
-
-impl From<core::Run> for Run {
-    fn from(r: core::Run) -> Self {
-        Run {
-            status: r.status.into(),
-            started_by_id: r.started_by_id,
-            connector_type: r.connector_type,
-            connector_key: r.connector_key,
-            id: r.id,
-            tenant_id: r.tenant_id,
-            script_id: r.script_id,
-            version: r.version,
-            started_at: r.started_at,
-            ended_at: r.ended_at,
-        }
+view! {
+    /// A run.
+    Run from core::Run {
+        id: Uuid,
+        tenant_id: String,
+        script_id: Uuid,
+        version: i32,
+        started_by_id: Option<String>,
+        connector_type: Option<String>,
+        connector_key: Option<String>,
+        status: RunStatus,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime)]
+        started_at: DateTime<Utc>,
+        #[serde(serialize_with = "ts::option::serialize")]
+        #[schema(value_type = Option<String>, format = DateTime)]
+        ended_at: Option<DateTime<Utc>>,
     }
 }
 
-/// A run variable: exactly one of the four values is set; all four are shown.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RunVariable {
-    pub key: String,
-    pub str_val: Option<String>,
-    pub num_val: Option<f64>,
-    pub bool_val: Option<bool>,
-    #[schema(value_type = Option<Object>)]
-    pub json_val: Option<Value>,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime)]
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<core::RunVariable> for RunVariable {
-    fn from(v: core::RunVariable) -> Self {
-        let core::RunVariable {
-            key,
-            str_val,
-            num_val,
-            bool_val,
-            json_val,
-            updated_at,
-        } = v;
-        RunVariable {
-            key,
-            str_val,
-            num_val,
-            bool_val,
-            json_val,
-            updated_at,
-        }
+view! {
+    /// A run variable: exactly one of the four values is set; all four are shown.
+    RunVariable from core::RunVariable {
+        key: String,
+        str_val: Option<String>,
+        num_val: Option<f64>,
+        bool_val: Option<bool>,
+        #[schema(value_type = Option<Object>)]
+        json_val: Option<Value>,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime)]
+        updated_at: DateTime<Utc>,
     }
 }

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::dto::{ts, wire_enum};
+use crate::dto::{ts, view, wire_enum};
 use crate::http::error::ApiError;
 use crate::http::extract::RequestBody;
 use crate::http::validation::{self as rules, double_option, Fields};
@@ -276,52 +276,29 @@ pub struct PageQuery {
 
 // ---------- views ----------
 
-/// A script row.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Script {
-    pub id: Uuid,
-    pub tenant_id: String,
-    pub name: String,
-    pub slug: String,
-    pub description: Option<String>,
-    pub status: ScriptStatus,
-    pub active_version_id: Option<Uuid>,
-    pub latest_version: i32,
-    pub labels: Vec<String>,
-    pub intents: Vec<String>,
-    pub language_codes: Vec<String>,
-    pub embedding_key: Option<String>,
-    pub created_by_id: String,
-    pub updated_by_id: String,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime, example = "2026-11-30T05:21:00.123Z")]
-    pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime, example = "2026-11-30T05:21:00.123Z")]
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<core::Script> for Script {
-    fn from(s: core::Script) -> Self {
-        Script {
-            status: s.status.into(),
-            id: s.id,
-            tenant_id: s.tenant_id,
-            name: s.name,
-            slug: s.slug,
-            description: s.description,
-            active_version_id: s.active_version_id,
-            latest_version: s.latest_version,
-            labels: s.labels,
-            intents: s.intents,
-            language_codes: s.language_codes,
-            embedding_key: s.embedding_key,
-            created_by_id: s.created_by_id,
-            updated_by_id: s.updated_by_id,
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-        }
+view! {
+    /// A script row.
+    Script from core::Script {
+        id: Uuid,
+        tenant_id: String,
+        name: String,
+        slug: String,
+        description: Option<String>,
+        status: ScriptStatus,
+        active_version_id: Option<Uuid>,
+        latest_version: i32,
+        labels: Vec<String>,
+        intents: Vec<String>,
+        language_codes: Vec<String>,
+        embedding_key: Option<String>,
+        created_by_id: String,
+        updated_by_id: String,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime, example = "2026-11-30T05:21:00.123Z")]
+        created_at: DateTime<Utc>,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime, example = "2026-11-30T05:21:00.123Z")]
+        updated_at: DateTime<Utc>,
     }
 }
 
@@ -343,116 +320,59 @@ impl From<core::ScriptView> for ScriptView {
     }
 }
 
-/// An immutable numbered version of a script's graph.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Version {
-    pub id: Uuid,
-    pub script_id: Uuid,
-    pub version: i32,
-    /// `{ "nodes": [...], "edges": [...] }` and anything else the editor keeps.
-    #[schema(value_type = Object, example = json!({"nodes": [{"id": "n1"}], "edges": []}))]
-    pub graph_json: Value,
-    #[schema(value_type = Option<Object>)]
-    pub variables_def: Option<Value>,
-    pub changelog: Option<String>,
-    /// Has ever been published (stays true).
-    pub is_published: bool,
-    /// Is the script's active version.
-    pub is_active: bool,
-    pub created_by_id: String,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<core::Version> for Version {
-    fn from(v: core::Version) -> Self {
-        Version {
-            graph_json: v.graph_json,
-            variables_def: v.variables_def,
-            id: v.id,
-            script_id: v.script_id,
-            version: v.version,
-            changelog: v.changelog,
-            is_published: v.is_published,
-            is_active: v.is_active,
-            created_by_id: v.created_by_id,
-            created_at: v.created_at,
-        }
+view! {
+    /// An immutable numbered version of a script's graph.
+    Version from core::Version {
+        id: Uuid,
+        script_id: Uuid,
+        version: i32,
+        /// `{ "nodes": [...], "edges": [...] }` and anything else the editor keeps.
+        #[schema(value_type = Object, example = json!({"nodes": [{"id": "n1"}], "edges": []}))]
+        graph_json: Value,
+        #[schema(value_type = Option<Object>)]
+        variables_def: Option<Value>,
+        changelog: Option<String>,
+        /// Has ever been published (stays true).
+        is_published: bool,
+        /// Is the script's active version.
+        is_active: bool,
+        created_by_id: String,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime)]
+        created_at: DateTime<Utc>,
     }
 }
 
-/// A version in lists: without `graphJson` and `variablesDef`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionSummary {
-    pub id: Uuid,
-    pub script_id: Uuid,
-    pub version: i32,
-    pub changelog: Option<String>,
-    pub is_published: bool,
-    pub is_active: bool,
-    pub created_by_id: String,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<core::VersionSummary> for VersionSummary {
-    fn from(v: core::VersionSummary) -> Self {
-        let core::VersionSummary {
-            id,
-            script_id,
-            version,
-            changelog,
-            is_published,
-            is_active,
-            created_by_id,
-            created_at,
-        } = v;
-        VersionSummary {
-            id,
-            script_id,
-            version,
-            changelog,
-            is_published,
-            is_active,
-            created_by_id,
-            created_at,
-        }
+view! {
+    /// A version in lists: without `graphJson` and `variablesDef`.
+    VersionSummary from core::VersionSummary {
+        id: Uuid,
+        script_id: Uuid,
+        version: i32,
+        changelog: Option<String>,
+        is_published: bool,
+        is_active: bool,
+        created_by_id: String,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime)]
+        created_at: DateTime<Utc>,
     }
 }
 
-/// One row of a script's audit trail.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
-    pub id: Uuid,
-    pub script_id: Uuid,
-    pub action: AuditAction,
-    pub version: i32,
-    pub actor_id: String,
-    /// `{ "field": { "from": …, "to": … } }`; null on CREATE.
-    #[schema(value_type = Option<Object>)]
-    pub diff_json: Option<Value>,
-    pub note: Option<String>,
-    #[serde(serialize_with = "ts::serialize")]
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<core::AuditEntry> for AuditEntry {
-    fn from(a: core::AuditEntry) -> Self {
-        AuditEntry {
-            action: a.action.into(),
-            diff_json: a.diff_json,
-            note: a.note,
-            id: a.id,
-            script_id: a.script_id,
-            version: a.version,
-            actor_id: a.actor_id,
-            created_at: a.created_at,
-        }
+view! {
+    /// One row of a script's audit trail.
+    AuditEntry from core::AuditEntry {
+        id: Uuid,
+        script_id: Uuid,
+        action: AuditAction,
+        version: i32,
+        actor_id: String,
+        /// `{ "field": { "from": …, "to": … } }`; null on CREATE.
+        #[schema(value_type = Option<Object>)]
+        diff_json: Option<Value>,
+        note: Option<String>,
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime)]
+        created_at: DateTime<Utc>,
     }
 }

@@ -80,6 +80,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The id in path segment `name` (a UUID) and the request's tenant (from
+    /// the header), checked in that order.
+    pub fn target(&self, name: &str, raw: &str) -> Result<(uuid::Uuid, TenantId), ApiError> {
+        let id = crate::http::extract::path_uuid(name, raw)?;
+        Ok((id, self.tenant(None)?))
+    }
+
     pub fn tenant(&self, other: Option<&str>) -> Result<TenantId, ApiError> {
         self.tenant_header.resolve(&self.caller, other)
     }

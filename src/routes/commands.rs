@@ -8,7 +8,6 @@ use validator::Validate;
 
 use crate::dto::commands::{CommandAccepted, CommandRequest, CommandStatus, CommandView};
 use crate::http::error::{ApiError, Code, ErrorBody};
-use crate::http::extract::path_uuid;
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
@@ -71,11 +70,10 @@ fn render_accepted(a: &Accepted) -> Recorded {
 /// A command's status, attempts and result.
 #[utoipa::path(
     tag = "commands",
-    params(crate::dto::TenantHeader, ("correlationId" = Uuid, Path, description = "The command's correlation id")),
+    params(crate::dto::TenantHeader, crate::dto::CommandPath),
     responses(
         (status = 200, description = "The command", body = CommandView),
         (status = 400, description = "VALIDATION_FAILED (not a UUID), TENANT_REQUIRED", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
     )
 )]
 #[get("/commands/{correlationId}")]
@@ -85,8 +83,7 @@ pub async fn get_command(
     path: web::Path<String>,
     svc: Svc,
 ) -> Result<HttpResponse, ApiError> {
-    let correlation_id = path_uuid("correlationId", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (correlation_id, tenant) = ctx.target("correlationId", &path)?;
     let c = svc.commands.get(&tenant, correlation_id).await?;
     Ok(HttpResponse::Ok().json(CommandView::from(c)))
 }

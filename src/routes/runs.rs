@@ -6,7 +6,6 @@ use actix_web::{get, post, web, HttpResponse};
 use actors::domain::{self as core, NewRun};
 use actors::service::idempotency::Recorded;
 use actors::service::runs::RunFilter;
-use uuid::Uuid;
 use validator::Validate;
 
 use crate::dto::runs::{
@@ -15,7 +14,7 @@ use crate::dto::runs::{
 };
 use crate::http::cursor::{KeyKind, Page, PageRequest};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{path_uuid, JsonBody, Query};
+use crate::http::extract::{JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
@@ -74,12 +73,11 @@ fn render_started(run: &core::Run) -> Recorded {
 /// Upsert run variables by key; acknowledged means committed.
 #[utoipa::path(
     tag = "runs",
-    params(crate::dto::TenantHeader, ("runId" = Uuid, Path, description = "Run id")),
+    params(crate::dto::TenantHeader, crate::dto::RunPath),
     request_body = VarItems,
     responses(
         (status = 200, description = "Committed", body = VarsUpserted),
         (status = 400, description = "VALIDATION_FAILED (items, key, value), MALFORMED_JSON", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
         (status = 409, description = "RUN_FINISHED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE (limits.vars_body_bytes)", body = ErrorBody),
         (status = 503, description = "UNAVAILABLE: the run's queue is full (Retry-After)", body = ErrorBody),
@@ -93,8 +91,7 @@ pub async fn upsert_vars(
     path: web::Path<String>,
     body: JsonBody<VarItems>,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = path_uuid("runId", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (run_id, tenant) = ctx.target("runId", &path)?;
     let items = body.value.into_upserts()?;
     let done = svc.runs.upsert(run_id, tenant, items).await?;
     Ok(HttpResponse::Ok().json(VarsUpserted {
@@ -107,12 +104,11 @@ pub async fn upsert_vars(
 /// Finish a run (after its queued upserts).
 #[utoipa::path(
     tag = "runs",
-    params(crate::dto::TenantHeader, ("runId" = Uuid, Path, description = "Run id")),
+    params(crate::dto::TenantHeader, crate::dto::RunPath),
     request_body = FinishRequest,
     responses(
         (status = 200, description = "The finished run", body = Run),
         (status = 400, description = "VALIDATION_FAILED (status RUNNING or unknown)", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
         (status = 409, description = "RUN_FINISHED", body = ErrorBody),
     )
 )]
@@ -124,8 +120,7 @@ pub async fn finish_run(
     path: web::Path<String>,
     body: JsonBody<FinishRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = path_uuid("runId", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (run_id, tenant) = ctx.target("runId", &path)?;
     if body.status == RunStatus::Running {
         return Err(ApiError::field(
             "status",
@@ -193,11 +188,9 @@ pub async fn list_runs(
 /// A run with its variables sorted by key.
 #[utoipa::path(
     tag = "runs",
-    params(crate::dto::TenantHeader, ("runId" = Uuid, Path, description = "Run id")),
+    params(crate::dto::TenantHeader, crate::dto::RunPath),
     responses(
         (status = 200, description = "The run", body = RunWithVars),
-        (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
     )
 )]
 #[get("/runs/{runId}")]
@@ -207,8 +200,7 @@ pub async fn get_run(
     path: web::Path<String>,
     svc: Svc,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id: Uuid = path_uuid("runId", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (run_id, tenant) = ctx.target("runId", &path)?;
     let (run, vars) = svc.runs.get(&tenant, run_id).await?;
     Ok(HttpResponse::Ok().json(RunWithVars {
         run: run.into(),

@@ -13,7 +13,7 @@ use crate::dto::scripts::{
 };
 use crate::http::cursor::{KeyKind, Page, PageRequest};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{no_nul, path_uuid, JsonBody, Query};
+use crate::http::extract::{no_nul, JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
@@ -132,13 +132,12 @@ pub async fn list_scripts(
 /// A script with its active version; `If-None-Match` answers 304.
 #[utoipa::path(
     tag = "scripts",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+    params(crate::dto::TenantHeader, crate::dto::ScriptPath,
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier response")),
     responses(
         (status = 200, description = "The script", body = ScriptView, headers(("ETag" = String))),
         (status = 304, description = "Not modified"),
         (status = 400, description = "VALIDATION_FAILED (id not a UUID), TENANT_REQUIRED", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
     )
 )]
 #[get("/scripts/{id}")]
@@ -149,8 +148,7 @@ pub async fn get_script(
     path: web::Path<String>,
     svc: Svc,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_uuid("id", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (id, tenant) = ctx.target("id", &path)?;
     let view = svc.scripts.get(&tenant, id).await?;
     let script = view.script.clone();
     if let Some(inm) = header_str(&req, header::IF_NONE_MATCH) {
@@ -167,13 +165,12 @@ pub async fn get_script(
 /// Change a script (JSON merge patch); `If-Match` is honoured.
 #[utoipa::path(
     tag = "scripts",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+    params(crate::dto::TenantHeader, crate::dto::ScriptPath,
         ("If-Match" = Option<String>, Header, description = "The ETag the change is based on, or *")),
     request_body = PatchScriptRequest,
     responses(
         (status = 200, description = "The script after the change", body = ScriptView, headers(("ETag" = String))),
         (status = 400, description = "VALIDATION_FAILED (empty patch, null on a required field), MALFORMED_JSON", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SLUG_TAKEN, INVALID_STATUS_TRANSITION, NO_ACTIVE_VERSION, SCRIPT_ARCHIVED", body = ErrorBody),
         (status = 412, description = "PRECONDITION_FAILED", body = ErrorBody),
     )
@@ -187,8 +184,7 @@ pub async fn patch_script(
     path: web::Path<String>,
     body: JsonBody<PatchScriptRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_uuid("id", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (id, tenant) = ctx.target("id", &path)?;
     let (patch, note) = body.value.into_domain()?;
     let req = PatchRequest {
         tenant,

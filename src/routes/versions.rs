@@ -23,13 +23,12 @@ use crate::routes::scripts::with_etag;
 /// Save a new immutable version (number = latestVersion + 1).
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id")),
+    params(crate::dto::TenantHeader, crate::dto::ScriptPath),
     request_body = CreateVersionRequest,
     responses(
         (status = 201, description = "Created", body = Version,
             headers(("Location" = String, description = "/scripts/{id}/versions/{version}"))),
         (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
         (status = 409, description = "VERSION_CONFLICT (details.latestVersion), SCRIPT_ARCHIVED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE (limits.versions_body_bytes)", body = ErrorBody),
     )
@@ -69,8 +68,7 @@ fn render_created(v: &core::Version) -> Recorded {
 /// Publish a version (PUBLISH), or an older one (ROLLBACK); a no-op when already active.
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
-        ("version" = i32, Path, minimum = 1, description = "Version number")),
+    params(crate::dto::TenantHeader, crate::dto::VersionPath),
     request_body(content = PublishRequestBody, description = "May be empty"),
     responses(
         (status = 200, description = "The script with its new active version", body = ScriptView, headers(("ETag" = String))),
@@ -108,11 +106,9 @@ pub async fn publish_version(
 /// A script's versions, highest first (without graphJson and variablesDef).
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
+    params(crate::dto::TenantHeader, crate::dto::ScriptPath, PageQuery),
     responses(
         (status = 200, description = "A page of versions", body = Page<VersionSummary>),
-        (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
     )
 )]
 #[get("/scripts/{id}/versions")]
@@ -123,8 +119,7 @@ pub async fn list_versions(
     query: Query<PageQuery>,
     svc: Svc,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_uuid("id", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (id, tenant) = ctx.target("id", &path)?;
     let filters = ["versions", &id.to_string()];
     let page = PageRequest::parse(
         query.limit,
@@ -139,12 +134,9 @@ pub async fn list_versions(
 /// One version in full.
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
-        ("version" = i32, Path, minimum = 1, description = "Version number")),
+    params(crate::dto::TenantHeader, crate::dto::VersionPath),
     responses(
         (status = 200, description = "The version", body = Version),
-        (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
     )
 )]
 #[get("/scripts/{id}/versions/{version}")]
@@ -164,11 +156,9 @@ pub async fn get_version(
 /// A script's audit trail, newest first.
 #[utoipa::path(
     tag = "audit",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
+    params(crate::dto::TenantHeader, crate::dto::ScriptPath, PageQuery),
     responses(
         (status = 200, description = "A page of audit entries", body = Page<AuditEntry>),
-        (status = 400, description = "VALIDATION_FAILED", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND", body = ErrorBody),
     )
 )]
 #[get("/scripts/{id}/audit")]
@@ -179,8 +169,7 @@ pub async fn list_audit(
     query: Query<PageQuery>,
     svc: Svc,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_uuid("id", &path)?;
-    let tenant = ctx.tenant(None)?;
+    let (id, tenant) = ctx.target("id", &path)?;
     let filters = ["audit", &id.to_string()];
     let page = PageRequest::parse(
         query.limit,

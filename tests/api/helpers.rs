@@ -229,20 +229,20 @@ impl TestApp {
         self.req(Method::GET, path).send().await.expect("request")
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Response {
-        self.req(Method::POST, path)
+    async fn with_body(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.req(method, path)
             .json(body)
             .send()
             .await
             .expect("request")
     }
 
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.with_body(Method::POST, path, body).await
+    }
+
     pub async fn patch(&self, path: &str, body: &Value) -> Response {
-        self.req(Method::PATCH, path)
-            .json(body)
-            .send()
-            .await
-            .expect("request")
+        self.with_body(Method::PATCH, path, body).await
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {

@@ -34,6 +34,15 @@ fn is_name_char(c: char, extra: &str) -> bool {
     c.is_ascii_alphanumeric() || extra.contains(c)
 }
 
+/// `s` when it is 1..=`max` bytes of ASCII alphanumerics and `extra`, else `rule`.
+fn name_of(s: &str, max: usize, extra: &str, rule: String) -> Result<String, String> {
+    if (1..=max).contains(&s.len()) && s.chars().all(|c| is_name_char(c, extra)) {
+        Ok(s.to_string())
+    } else {
+        Err(rule)
+    }
+}
+
 /// A tenant id: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
@@ -97,11 +106,7 @@ pub const VAR_KEY_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,200}$";
 
 impl VarKey {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if (1..=200).contains(&s.len()) && s.chars().all(|c| is_name_char(c, "_.:-")) {
-            Ok(VarKey(s.to_string()))
-        } else {
-            Err(format!("must match {VAR_KEY_PATTERN}"))
-        }
+        name_of(s, 200, "_.:-", format!("must match {VAR_KEY_PATTERN}")).map(VarKey)
     }
 }
 string_newtype!(VarKey);
@@ -147,11 +152,7 @@ pub const CORRELATION_PATTERN: &str = "1..128 characters of [A-Za-z0-9._:-]";
 
 impl CorrelationId {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if (1..=128).contains(&s.len()) && s.chars().all(|c| is_name_char(c, "._:-")) {
-            Ok(CorrelationId(s.to_string()))
-        } else {
-            Err(format!("must be {CORRELATION_PATTERN}"))
-        }
+        name_of(s, 128, "._:-", format!("must be {CORRELATION_PATTERN}")).map(CorrelationId)
     }
 }
 string_newtype!(CorrelationId);

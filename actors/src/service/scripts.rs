@@ -109,15 +109,17 @@ impl Scripts {
         self.actors.ask(id, Publish(req)).await
     }
 
+    /// A read connection and the tenant's script (404 when it is not one).
     async fn script_of(
         &self,
-        client: &deadpool_postgres::Object,
         tenant: &TenantId,
         id: Uuid,
-    ) -> Result<Script> {
-        sql::get_script(client, tenant.as_str(), id)
+    ) -> Result<(deadpool_postgres::Object, Script)> {
+        let client = self.db.read().await?;
+        let script = sql::get_script(&client, tenant.as_str(), id)
             .await?
-            .ok_or_else(|| Error::not_found("script"))
+            .ok_or_else(|| Error::not_found("script"))?;
+        Ok((client, script))
     }
 
     /// A script's versions, highest first.
@@ -127,14 +129,12 @@ impl Scripts {
         id: Uuid,
         window: Window,
     ) -> Result<Page<VersionSummary>> {
-        let client = self.db.read().await?;
-        let script = self.script_of(&client, tenant, id).await?;
+        let (client, script) = self.script_of(tenant, id).await?;
         sql::list_versions(&client, id, script.active_version_id, window).await
     }
 
     pub async fn version(&self, tenant: &TenantId, id: Uuid, version: i32) -> Result<Version> {
-        let client = self.db.read().await?;
-        let script = self.script_of(&client, tenant, id).await?;
+        let (client, script) = self.script_of(tenant, id).await?;
         sql::get_version(&client, id, version, script.active_version_id)
             .await?
             .ok_or_else(|| Error::not_found("version"))
@@ -147,8 +147,7 @@ impl Scripts {
         id: Uuid,
         window: Window,
     ) -> Result<Page<AuditEntry>> {
-        let client = self.db.read().await?;
-        self.script_of(&client, tenant, id).await?;
+        let (client, _) = self.script_of(tenant, id).await?;
         sql::list_audit(&client, id, window).await
     }
 

@@ -223,19 +223,15 @@ pub async fn release(db: &Db, claim: &Claim) -> Result<()> {
         )
         .await?;
     let k = &claim.key;
-    client
-        .execute(
-            &stmt,
-            &[
-                &k.tenant,
-                &k.method,
-                &k.path,
-                &k.key,
-                &claim.claim_id,
-                &k.caller,
-            ],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        &k.tenant,
+        &k.method,
+        &k.path,
+        &k.key,
+        &claim.claim_id,
+        &k.caller,
+    ];
+    client.execute(&stmt, &params).await?;
     Ok(())
 }
 

@@ -185,8 +185,7 @@ pub(crate) async fn opt<T>(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     from: impl Fn(&tokio_postgres::Row) -> T,
 ) -> Result<Option<T>> {
-    let stmt = client.prepare_cached(sql).await?;
-    Ok(client.query_opt(&stmt, params).await?.as_ref().map(from))
+    Ok(all(client, sql, params, from).await?.pop())
 }
 
 /// The rows of a cached statement, mapped by `from`.
