@@ -18,45 +18,6 @@ pub struct TenantHeader {
     x_tenant_id: Option<String>,
 }
 
-/// `{id}` of the script routes.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct ScriptPath {
-    /// Script id
-    id: uuid::Uuid,
-}
-
-/// `{id}/versions/{version}`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct VersionPath {
-    /// Script id
-    id: uuid::Uuid,
-    /// Version number
-    #[param(minimum = 1)]
-    version: i32,
-}
-
-/// `{runId}` of the run routes.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path, names("runId"))]
-#[allow(dead_code)]
-pub struct RunPath(
-    /// Run id
-    uuid::Uuid,
-);
-
-/// `{correlationId}` of the command routes.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path, names("correlationId"))]
-#[allow(dead_code)]
-pub struct CommandPath(
-    /// The command's correlation id
-    uuid::Uuid,
-);
-
 /// A response view of a core record: the struct (camelCase JSON, with its
 /// schema) and `From` the record, field by field (`into` where the wire type
 /// differs, such as a status enum).

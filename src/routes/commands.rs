@@ -70,7 +70,7 @@ fn render_accepted(a: &Accepted) -> Recorded {
 /// A command's status, attempts and result.
 #[utoipa::path(
     tag = "commands",
-    params(crate::dto::TenantHeader, crate::dto::CommandPath),
+    params(crate::dto::TenantHeader, ("correlationId" = uuid::Uuid, Path, description = "The command's correlation id")),
     responses(
         (status = 200, description = "The command", body = CommandView),
         (status = 400, description = "VALIDATION_FAILED (not a UUID), TENANT_REQUIRED", body = ErrorBody),

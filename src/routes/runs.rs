@@ -73,7 +73,7 @@ fn render_started(run: &core::Run) -> Recorded {
 /// Upsert run variables by key; acknowledged means committed.
 #[utoipa::path(
     tag = "runs",
-    params(crate::dto::TenantHeader, crate::dto::RunPath),
+    params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
     request_body = VarItems,
     responses(
         (status = 200, description = "Committed", body = VarsUpserted),
@@ -104,7 +104,7 @@ pub async fn upsert_vars(
 /// Finish a run (after its queued upserts).
 #[utoipa::path(
     tag = "runs",
-    params(crate::dto::TenantHeader, crate::dto::RunPath),
+    params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
     request_body = FinishRequest,
     responses(
         (status = 200, description = "The finished run", body = Run),
@@ -188,7 +188,7 @@ pub async fn list_runs(
 /// A run with its variables sorted by key.
 #[utoipa::path(
     tag = "runs",
-    params(crate::dto::TenantHeader, crate::dto::RunPath),
+    params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
     responses(
         (status = 200, description = "The run", body = RunWithVars),
     )

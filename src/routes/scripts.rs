@@ -132,7 +132,7 @@ pub async fn list_scripts(
 /// A script with its active version; `If-None-Match` answers 304.
 #[utoipa::path(
     tag = "scripts",
-    params(crate::dto::TenantHeader, crate::dto::ScriptPath,
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier response")),
     responses(
         (status = 200, description = "The script", body = ScriptView, headers(("ETag" = String))),
@@ -165,7 +165,7 @@ pub async fn get_script(
 /// Change a script (JSON merge patch); `If-Match` is honoured.
 #[utoipa::path(
     tag = "scripts",
-    params(crate::dto::TenantHeader, crate::dto::ScriptPath,
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
         ("If-Match" = Option<String>, Header, description = "The ETag the change is based on, or *")),
     request_body = PatchScriptRequest,
     responses(

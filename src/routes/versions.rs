@@ -23,7 +23,7 @@ use crate::routes::scripts::with_etag;
 /// Save a new immutable version (number = latestVersion + 1).
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, crate::dto::ScriptPath),
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id")),
     request_body = CreateVersionRequest,
     responses(
         (status = 201, description = "Created", body = Version,
@@ -68,7 +68,8 @@ fn render_created(v: &core::Version) -> Recorded {
 /// Publish a version (PUBLISH), or an older one (ROLLBACK); a no-op when already active.
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, crate::dto::VersionPath),
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+        ("version" = i32, Path, minimum = 1, description = "Version number")),
     request_body(content = PublishRequestBody, description = "May be empty"),
     responses(
         (status = 200, description = "The script with its new active version", body = ScriptView, headers(("ETag" = String))),
@@ -106,7 +107,7 @@ pub async fn publish_version(
 /// A script's versions, highest first (without graphJson and variablesDef).
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, crate::dto::ScriptPath, PageQuery),
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
     responses(
         (status = 200, description = "A page of versions", body = Page<VersionSummary>),
     )
@@ -134,7 +135,8 @@ pub async fn list_versions(
 /// One version in full.
 #[utoipa::path(
     tag = "versions",
-    params(crate::dto::TenantHeader, crate::dto::VersionPath),
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+        ("version" = i32, Path, minimum = 1, description = "Version number")),
     responses(
         (status = 200, description = "The version", body = Version),
     )
@@ -156,7 +158,7 @@ pub async fn get_version(
 /// A script's audit trail, newest first.
 #[utoipa::path(
     tag = "audit",
-    params(crate::dto::TenantHeader, crate::dto::ScriptPath, PageQuery),
+    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
     responses(
         (status = 200, description = "A page of audit entries", body = Page<AuditEntry>),
     )
