@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use crate::domain::{Event, Result};
-use crate::keyed::ActorMeta;
+use crate::keyed::{ActorMeta, Coalesce};
 use crate::store::{events as sql, Db};
 
 const FETCH: i64 = 1000;
@@ -78,8 +78,7 @@ pub struct EventHub {
     sessions: HashMap<String, Vec<Session>>,
     tenant_of: HashMap<u64, String>,
     next_id: u64,
-    fetching: bool,
-    dirty: bool,
+    fetching: Coalesce,
     stats: Arc<HubStats>,
     meta: Arc<ActorMeta>,
 }
@@ -100,20 +99,16 @@ impl EventHub {
             sessions: HashMap::new(),
             tenant_of: HashMap::new(),
             next_id: 1,
-            fetching: false,
-            dirty: false,
+            fetching: Coalesce::default(),
             stats,
             meta,
         }
     }
 
     fn fetch(&mut self, ctx: &mut Context<Self>) {
-        if self.fetching {
-            self.dirty = true;
+        if !self.fetching.start() {
             return;
         }
-        self.fetching = true;
-        self.dirty = false;
         let db = self.db.clone();
         let after = self.cursor;
         // Pages of at most half a session buffer: a reader that keeps up
@@ -127,7 +122,7 @@ impl EventHub {
             }
             .into_actor(self)
             .map(|res, act, ctx| {
-                act.fetching = false;
+                let again = act.fetching.finish();
                 match res {
                     Ok(events) => {
                         let full = events.len() as i64 == act.page();
@@ -138,7 +133,7 @@ impl EventHub {
                             act.cursor = act.cursor.max(ev.id);
                             act.route(Arc::new(ev));
                         }
-                        if full || act.dirty {
+                        if full || again {
                             act.fetch(ctx);
                         }
                     }
@@ -244,13 +239,9 @@ impl Actor for EventHub {
     }
 }
 
-impl Supervised for EventHub {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.fetching = false;
-        self.meta.count_restart();
-        tracing::warn!("event hub restarted by its supervisor");
-    }
-}
+/// Supervised like the keyed actors (it never stops itself; after a panic
+/// its `Singleton` starts it afresh).
+impl Supervised for EventHub {}
 
 impl Handler<Subscribe> for EventHub {
     type Result = MessageResult<Subscribe>;

@@ -29,6 +29,33 @@ use uuid::Uuid;
 
 use crate::domain::{Error, ErrorCode, Result, TenantId};
 
+/// One run at a time of an actor's background work (a fetch, a poll): a
+/// request that arrives while one runs is folded into one more run after it.
+#[derive(Debug, Default)]
+pub struct Coalesce {
+    running: bool,
+    again: bool,
+}
+
+impl Coalesce {
+    /// Whether to start a run now (else the request is remembered).
+    pub fn start(&mut self) -> bool {
+        if self.running {
+            self.again = true;
+            return false;
+        }
+        self.running = true;
+        self.again = false;
+        true
+    }
+
+    /// The run ended; whether another was asked for meanwhile.
+    pub fn finish(&mut self) -> bool {
+        self.running = false;
+        std::mem::take(&mut self.again)
+    }
+}
+
 /// What an actor shares with the registry about itself.
 #[derive(Debug)]
 pub struct ActorMeta {
@@ -541,6 +568,46 @@ impl<A: KeyedActor> Supervised for Keyed<A> {
 pub trait Request<A: KeyedActor>: Send + 'static {
     type Reply: Send + 'static;
     fn into_job(self, reply: oneshot::Sender<Result<Self::Reply>>) -> A::Job;
+}
+
+/// Declares a keyed kind's job enum from its requests: each variant holds a
+/// request and its reply channel; `Job` (the tenant, refusal) and `Request`
+/// (how the request becomes the job) follow.
+#[macro_export]
+macro_rules! keyed_jobs {
+    ($job:ident for $actor:ty {
+        $($variant:ident($req:ty) -> $reply:ty, |$r:ident| $tenant:expr;)*
+    }) => {
+        pub enum $job {
+            $($variant($req, tokio::sync::oneshot::Sender<$crate::domain::Result<$reply>>),)*
+        }
+
+        impl $crate::keyed::Job for $job {
+            fn tenant(&self) -> &$crate::domain::TenantId {
+                match self {
+                    $($job::$variant($r, _) => $tenant,)*
+                }
+            }
+
+            fn refuse(self, err: $crate::domain::Error) {
+                match self {
+                    $($job::$variant(_, tx) => {
+                        let _ = tx.send(Err(err));
+                    })*
+                }
+            }
+        }
+
+        $(impl $crate::keyed::Request<$actor> for $req {
+            type Reply = $reply;
+            fn into_job(
+                self,
+                reply: tokio::sync::oneshot::Sender<$crate::domain::Result<$reply>>,
+            ) -> $job {
+                $job::$variant(self, reply)
+            }
+        })*
+    };
 }
 
 /// The message that carries a request to its actor.

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::domain::command::Completion;
 use crate::domain::{Command, CommandStatus, Completed, NewEvent, Result};
-use crate::keyed::ActorMeta;
+use crate::keyed::{ActorMeta, Coalesce};
 use crate::store::{self, commands as sql, events, Db};
 use crate::workers::dispatcher::Dispatcher;
 
@@ -169,8 +169,7 @@ pub struct Poke;
 pub struct OutboxActor {
     outbox: Outbox,
     meta: Arc<ActorMeta>,
-    polling: bool,
-    again: bool,
+    polling: Coalesce,
 }
 
 impl OutboxActor {
@@ -178,24 +177,20 @@ impl OutboxActor {
         OutboxActor {
             outbox,
             meta,
-            polling: false,
-            again: false,
+            polling: Coalesce::default(),
         }
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        if self.polling {
-            self.again = true;
+        if !self.polling.start() {
             return;
         }
-        self.polling = true;
-        self.again = false;
         let outbox = self.outbox.clone();
         ctx.spawn(
             async move { outbox.claim().await }
                 .into_actor(self)
                 .map(|res, act, ctx| {
-                    act.polling = false;
+                    let again = act.polling.finish();
                     match res {
                         Ok(claimed) => {
                             let full = claimed.len() as i64 == CLAIM_BATCH;
@@ -209,7 +204,7 @@ impl OutboxActor {
                                     }
                                 });
                             }
-                            if full || act.again {
+                            if full || again {
                                 act.poll(ctx);
                             }
                         }
@@ -234,13 +229,9 @@ impl Actor for OutboxActor {
     }
 }
 
-impl Supervised for OutboxActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.polling = false;
-        self.meta.count_restart();
-        tracing::warn!("outbox actor restarted by its supervisor");
-    }
-}
+/// Supervised like the keyed actors (it never stops itself; after a panic
+/// its `Singleton` starts it afresh).
+impl Supervised for OutboxActor {}
 
 impl Handler<Poke> for OutboxActor {
     type Result = ();

@@ -15,7 +15,7 @@ use crate::domain::run::{run_event, run_finished};
 use crate::domain::{
     Error, ErrorCode, NewEvent, Result, Run, RunStatus, RunVariable, TenantId, VarUpsert,
 };
-use crate::keyed::{self, Job, KeyedActor, Loading, Queue, Request};
+use crate::keyed::{self, KeyedActor, Loading, Queue};
 use crate::store::{self, events, runs as sql, Db};
 use crate::workers::appender::EventPublisher;
 use crate::workers::var_writer::{VarWriter, MAX_ROWS};
@@ -40,40 +40,10 @@ pub struct FinishRun {
     pub status: RunStatus,
 }
 
-pub enum RunJob {
-    Upsert(UpsertVars, Reply<Upserted>),
-    Finish(FinishRun, Reply<Run>),
-}
-
-impl Job for RunJob {
-    fn tenant(&self) -> &TenantId {
-        match self {
-            RunJob::Upsert(m, _) => &m.tenant,
-            RunJob::Finish(m, _) => &m.tenant,
-        }
-    }
-
-    fn refuse(self, err: Error) {
-        let _ = match self {
-            RunJob::Upsert(_, tx) => tx.send(Err(err)).is_ok(),
-            RunJob::Finish(_, tx) => tx.send(Err(err)).is_ok(),
-        };
-    }
-}
-
-impl Request<RunActor> for UpsertVars {
-    type Reply = Upserted;
-    fn into_job(self, reply: Reply<Upserted>) -> RunJob {
-        RunJob::Upsert(self, reply)
-    }
-}
-
-impl Request<RunActor> for FinishRun {
-    type Reply = Run;
-    fn into_job(self, reply: Reply<Run>) -> RunJob {
-        RunJob::Finish(self, reply)
-    }
-}
+crate::keyed_jobs!(RunJob for RunActor {
+    Upsert(UpsertVars) -> Upserted, |m| &m.tenant;
+    Finish(FinishRun) -> Run, |m| &m.tenant;
+});
 
 /// What a run actor keeps of its run (reloaded at every start).
 pub struct RunState {

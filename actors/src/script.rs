@@ -17,7 +17,7 @@ use crate::domain::{
     AuditAction, Error, PatchRequest, PublishRequest, Result, Script, ScriptStatus, ScriptView,
     TenantId, Version, VersionRequest,
 };
-use crate::keyed::{self, KeyedActor, Loading, Queue, Request};
+use crate::keyed::{self, KeyedActor, Loading, Queue};
 use crate::store::idempotency::Idem;
 use crate::store::{self, scripts as sql, Db};
 
@@ -32,54 +32,11 @@ pub struct CreateVersion {
     pub idem: Option<Idem<Version>>,
 }
 
-pub struct Patch(pub PatchRequest);
-
-pub struct Publish(pub PublishRequest);
-
-pub enum ScriptJob {
-    Create(CreateVersion, Reply<Version>),
-    Patch(PatchRequest, Reply<ScriptView>),
-    Publish(PublishRequest, Reply<ScriptView>),
-}
-
-impl keyed::Job for ScriptJob {
-    fn tenant(&self) -> &TenantId {
-        match self {
-            ScriptJob::Create(c, _) => &c.req.tenant,
-            ScriptJob::Patch(r, _) => &r.tenant,
-            ScriptJob::Publish(r, _) => &r.tenant,
-        }
-    }
-
-    fn refuse(self, err: Error) {
-        let _ = match self {
-            ScriptJob::Create(_, tx) => tx.send(Err(err)).is_ok(),
-            ScriptJob::Patch(_, tx) => tx.send(Err(err)).is_ok(),
-            ScriptJob::Publish(_, tx) => tx.send(Err(err)).is_ok(),
-        };
-    }
-}
-
-impl Request<ScriptActor> for CreateVersion {
-    type Reply = Version;
-    fn into_job(self, reply: Reply<Version>) -> ScriptJob {
-        ScriptJob::Create(self, reply)
-    }
-}
-
-impl Request<ScriptActor> for Patch {
-    type Reply = ScriptView;
-    fn into_job(self, reply: Reply<ScriptView>) -> ScriptJob {
-        ScriptJob::Patch(self.0, reply)
-    }
-}
-
-impl Request<ScriptActor> for Publish {
-    type Reply = ScriptView;
-    fn into_job(self, reply: Reply<ScriptView>) -> ScriptJob {
-        ScriptJob::Publish(self.0, reply)
-    }
-}
+crate::keyed_jobs!(ScriptJob for ScriptActor {
+    Create(CreateVersion) -> Version, |c| &c.req.tenant;
+    Patch(PatchRequest) -> ScriptView, |r| &r.tenant;
+    Publish(PublishRequest) -> ScriptView, |r| &r.tenant;
+});
 
 /// The script kind of keyed actor: what it shares is the database.
 pub struct ScriptActor {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use validator::Validate;
 
 use crate::dto::{ts, view, wire_enum};
+use crate::http::cursor::{KeyKind, PageRequest};
 use crate::http::error::ApiError;
 use crate::http::extract::RequestBody;
 use crate::http::validation::{self as rules, double_option, Fields};
@@ -272,6 +273,13 @@ pub struct PageQuery {
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The page asked for, bound to the list's `filters`.
+    pub fn page(&self, filters: &[&str], kind: KeyKind) -> Result<PageRequest, ApiError> {
+        PageRequest::parse(self.limit, self.cursor.as_deref(), filters, kind)
+    }
 }
 
 // ---------- views ----------

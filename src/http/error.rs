@@ -133,6 +133,9 @@ pub struct ErrorBody {
 #[derive(Clone, Copy)]
 pub struct ShapedError;
 
+/// What a handler answers.
+pub type ApiResult = Result<actix_web::HttpResponse, ApiError>;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub code: Code,

@@ -6,29 +6,22 @@ use actix_web::{get, HttpResponse};
 
 use crate::dto::admin::{ActorInfo, ActorsQuery, ActorsView, SseSummary};
 use crate::http::auth::Caller;
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::Query;
 use crate::http::state::State;
 
 const KINDS: [&str; 4] = ["script", "run", "outbox", "eventhub"];
 
 /// The live actors of this process (admin only).
-#[utoipa::path(
-    tag = "operations",
-    params(ActorsQuery),
+#[utoipa::path(tag = "operations", params(ActorsQuery),
     responses(
         (status = 200, description = "Actors of this process", body = ActorsView),
         (status = 400, description = "VALIDATION_FAILED (kind, limit)", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
         (status = 403, description = "FORBIDDEN: not an admin", body = ErrorBody),
-    )
-)]
+    ))]
 #[get("/admin/actors")]
-pub async fn list_actors(
-    caller: Caller,
-    state: State,
-    query: Query<ActorsQuery>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_actors(caller: Caller, state: State, query: Query<ActorsQuery>) -> ApiResult {
     caller.require_admin()?;
     if let Some(k) = query.kind.as_deref().filter(|k| !KINDS.contains(k)) {
         return Err(ApiError::field(
@@ -68,16 +61,13 @@ pub async fn list_actors(
 }
 
 /// Prometheus metrics (admin only: the admin token in dev mode, the admin role in jwt mode).
-#[utoipa::path(
-    tag = "operations",
-    responses(
+#[utoipa::path(tag = "operations", responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
         (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
         (status = 403, description = "FORBIDDEN: not an admin", body = ErrorBody),
-    )
-)]
+    ))]
 #[get("/metrics")]
-pub async fn metrics(caller: Caller, state: State) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(caller: Caller, state: State) -> ApiResult {
     caller.require_admin()?;
     let text = state.metrics.render(&state.services).await;
     Ok(HttpResponse::Ok()

@@ -1,13 +1,14 @@
 //! Commands: accepted into the transactional outbox, completed asynchronously.
 
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::web::Path;
+use actix_web::{get, post, HttpResponse};
 use actors::domain::Accepted;
 use actors::service::idempotency::Recorded;
 use validator::Validate;
 
 use crate::dto::commands::{CommandAccepted, CommandRequest, CommandStatus, CommandView};
-use crate::http::error::{ApiError, Code, ErrorBody};
+use crate::http::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
@@ -15,9 +16,7 @@ use crate::http::validation::to_api;
 use crate::settings::AuthMode;
 
 /// Accept a command into the outbox; its completion arrives on `/events/stream`.
-#[utoipa::path(
-    tag = "commands",
-    params(crate::dto::TenantHeader),
+#[utoipa::path(tag = "commands", params(crate::dto::TenantHeader),
     request_body = CommandRequest,
     responses(
         (status = 202, description = "Accepted (committed to the outbox)", body = CommandAccepted,
@@ -25,14 +24,10 @@ use crate::settings::AuthMode;
         (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED", body = ErrorBody),
         (status = 409, description = "CORRELATION_ID_TAKEN", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
-    )
-)]
+    ))]
 #[post("/commands")]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn post_command(
-    post: KeyedPost<CommandRequest>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn post_command(post: KeyedPost<CommandRequest>, svc: Svc) -> ApiResult {
     let tenant = post.ctx.tenant(None)?;
     // Authorization comes before the key is looked up: a refused caller
     // neither claims nor reads anyone's key.
@@ -68,21 +63,14 @@ fn render_accepted(a: &Accepted) -> Recorded {
 }
 
 /// A command's status, attempts and result.
-#[utoipa::path(
-    tag = "commands",
-    params(crate::dto::TenantHeader, ("correlationId" = uuid::Uuid, Path, description = "The command's correlation id")),
+#[utoipa::path(tag = "commands", params(crate::dto::TenantHeader, ("correlationId" = uuid::Uuid, Path, description = "The command's correlation id")),
     responses(
         (status = 200, description = "The command", body = CommandView),
         (status = 400, description = "VALIDATION_FAILED (not a UUID), TENANT_REQUIRED", body = ErrorBody),
-    )
-)]
+    ))]
 #[get("/commands/{correlationId}")]
 #[tracing::instrument(level = "debug", skip_all, fields(correlation = %path.as_str()))]
-pub async fn get_command(
-    ctx: Ctx,
-    path: web::Path<String>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_command(ctx: Ctx, path: Path<String>, svc: Svc) -> ApiResult {
     let (correlation_id, tenant) = ctx.target("correlationId", &path)?;
     let c = svc.commands.get(&tenant, correlation_id).await?;
     Ok(HttpResponse::Ok().json(CommandView::from(c)))

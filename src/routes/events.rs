@@ -59,9 +59,7 @@ fn parse_last_event_id(req: &HttpRequest, query: &StreamQuery) -> Result<Option<
 }
 
 /// The event stream of a tenant.
-#[utoipa::path(
-    tag = "events",
-    params(crate::dto::TenantHeader, StreamQuery,
+#[utoipa::path(tag = "events", params(crate::dto::TenantHeader, StreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Replay the matching events after this id, then continue live")),
     responses(
         (status = 200, description = "`text/event-stream`. Each event: `id: <sequence>`, `event: <name>`, \
@@ -70,8 +68,7 @@ the retained history or newer than the newest event) carry no id and `{\"occurre
             content_type = "text/event-stream", body = String),
         (status = 400, description = "TENANT_REQUIRED, TENANT_MISMATCH, VALIDATION_FAILED", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-    )
-)]
+    ))]
 #[get("/events/stream")]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn stream(

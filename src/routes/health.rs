@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::state::State;
 
 /// The serialized OpenAPI document, served at `GET /openapi.json`.
@@ -20,9 +20,7 @@ pub struct StatusBody {
 }
 
 /// Liveness: 200 while the process runs.
-#[utoipa::path(
-    tag = "operations",
-    responses((status = 200, description = "The process is running", body = StatusBody))
+#[utoipa::path(tag = "operations", responses((status = 200, description = "The process is running", body = StatusBody))
 )]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
@@ -31,16 +29,13 @@ pub async fn healthz() -> HttpResponse {
 
 /// Readiness: 200 when the database answers; 503 when it does not, and from the
 /// moment shutdown begins.
-#[utoipa::path(
-    tag = "operations",
-    responses(
+#[utoipa::path(tag = "operations", responses(
         (status = 200, description = "Ready to serve", body = StatusBody),
         (status = 503, description = "Database unreachable or shutting down (`UNAVAILABLE`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait")))
-    )
-)]
+    ))]
 #[get("/readyz")]
-pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(state: State) -> ApiResult {
     if !state.is_accepting() {
         return Err(ApiError::unavailable(anyhow::anyhow!("shutting down")));
     }
@@ -57,9 +52,7 @@ pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
 }
 
 /// The OpenAPI 3.1 document of this API.
-#[utoipa::path(
-    tag = "operations",
-    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+#[utoipa::path(tag = "operations", responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
 )]
 #[get("/openapi.json")]
 pub async fn openapi_json(doc: web::Data<OpenApiJson>) -> HttpResponse {

@@ -2,7 +2,8 @@
 //! the variable writer), finish, list, read.
 
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::web::Path;
+use actix_web::{get, post, HttpResponse};
 use actors::domain::{self as core, NewRun};
 use actors::service::idempotency::Recorded;
 use actors::service::runs::RunFilter;
@@ -13,7 +14,7 @@ use crate::dto::runs::{
     StartRunRequest, VarItems, VarsUpserted,
 };
 use crate::http::cursor::{KeyKind, Page, PageRequest};
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
@@ -21,23 +22,17 @@ use crate::http::tenant::Ctx;
 use crate::http::validation::to_api;
 
 /// Start a run of a script version (default: the active one).
-#[utoipa::path(
-    tag = "runs",
-    params(crate::dto::TenantHeader),
+#[utoipa::path(tag = "runs", params(crate::dto::TenantHeader),
     request_body = StartRunRequest,
     responses(
         (status = 201, description = "Started", body = RunStarted, headers(("Location" = String, description = "/runs/{runId}"))),
         (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED, TENANT_MISMATCH", body = ErrorBody),
         (status = 404, description = "NOT_FOUND (script or version)", body = ErrorBody),
         (status = 409, description = "NO_ACTIVE_VERSION, SCRIPT_ARCHIVED", body = ErrorBody),
-    )
-)]
+    ))]
 #[post("/runs")]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn start_run(
-    post: KeyedPost<StartRunRequest>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn start_run(post: KeyedPost<StartRunRequest>, svc: Svc) -> ApiResult {
     let tenant = post.ctx.tenant(post.body.tenant_id.as_deref())?;
     post.run(
         tenant,
@@ -71,9 +66,7 @@ fn render_started(run: &core::Run) -> Recorded {
 }
 
 /// Upsert run variables by key; acknowledged means committed.
-#[utoipa::path(
-    tag = "runs",
-    params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
+#[utoipa::path(tag = "runs", params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
     request_body = VarItems,
     responses(
         (status = 200, description = "Committed", body = VarsUpserted),
@@ -81,16 +74,15 @@ fn render_started(run: &core::Run) -> Recorded {
         (status = 409, description = "RUN_FINISHED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE (limits.vars_body_bytes)", body = ErrorBody),
         (status = 503, description = "UNAVAILABLE: the run's queue is full (Retry-After)", body = ErrorBody),
-    )
-)]
+    ))]
 #[post("/runs/{runId}/vars")]
 #[tracing::instrument(level = "debug", skip_all, fields(run = %path.as_str()))]
 pub async fn upsert_vars(
     ctx: Ctx,
     svc: Svc,
-    path: web::Path<String>,
+    path: Path<String>,
     body: JsonBody<VarItems>,
-) -> Result<HttpResponse, ApiError> {
+) -> ApiResult {
     let (run_id, tenant) = ctx.target("runId", &path)?;
     let items = body.value.into_upserts()?;
     let done = svc.runs.upsert(run_id, tenant, items).await?;
@@ -102,24 +94,21 @@ pub async fn upsert_vars(
 }
 
 /// Finish a run (after its queued upserts).
-#[utoipa::path(
-    tag = "runs",
-    params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
+#[utoipa::path(tag = "runs", params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
     request_body = FinishRequest,
     responses(
         (status = 200, description = "The finished run", body = Run),
         (status = 400, description = "VALIDATION_FAILED (status RUNNING or unknown)", body = ErrorBody),
         (status = 409, description = "RUN_FINISHED", body = ErrorBody),
-    )
-)]
+    ))]
 #[post("/runs/{runId}/finish")]
 #[tracing::instrument(level = "debug", skip_all, fields(run = %path.as_str()))]
 pub async fn finish_run(
     ctx: Ctx,
     svc: Svc,
-    path: web::Path<String>,
+    path: Path<String>,
     body: JsonBody<FinishRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> ApiResult {
     let (run_id, tenant) = ctx.target("runId", &path)?;
     if body.status == RunStatus::Running {
         return Err(ApiError::field(
@@ -135,21 +124,14 @@ pub async fn finish_run(
 }
 
 /// The tenant's runs, newest startedAt first.
-#[utoipa::path(
-    tag = "runs",
-    params(crate::dto::TenantHeader, ListRunsQuery),
+#[utoipa::path(tag = "runs", params(crate::dto::TenantHeader, ListRunsQuery),
     responses(
         (status = 200, description = "A page of runs", body = Page<Run>),
         (status = 400, description = "VALIDATION_FAILED (from > to, bad time, limit, cursor)", body = ErrorBody),
-    )
-)]
+    ))]
 #[get("/runs")]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list_runs(
-    ctx: Ctx,
-    query: Query<ListRunsQuery>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_runs(ctx: Ctx, query: Query<ListRunsQuery>, svc: Svc) -> ApiResult {
     let q = query.into_inner();
     let tenant = ctx.tenant(q.tenant_id.as_deref())?;
     let from = parse_time("from", q.from.as_deref())?;
@@ -186,20 +168,13 @@ pub async fn list_runs(
 }
 
 /// A run with its variables sorted by key.
-#[utoipa::path(
-    tag = "runs",
-    params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
+#[utoipa::path(tag = "runs", params(crate::dto::TenantHeader, ("runId" = uuid::Uuid, Path, description = "Run id")),
     responses(
         (status = 200, description = "The run", body = RunWithVars),
-    )
-)]
+    ))]
 #[get("/runs/{runId}")]
 #[tracing::instrument(level = "debug", skip_all, fields(run = %path.as_str()))]
-pub async fn get_run(
-    ctx: Ctx,
-    path: web::Path<String>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_run(ctx: Ctx, path: Path<String>, svc: Svc) -> ApiResult {
     let (run_id, tenant) = ctx.target("runId", &path)?;
     let (run, vars) = svc.runs.get(&tenant, run_id).await?;
     Ok(HttpResponse::Ok().json(RunWithVars {

@@ -2,7 +2,8 @@
 //! `If-Match`). Versions and publishing are in `versions.rs`.
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
+use actix_web::web::Path;
+use actix_web::{get, patch, post, HttpRequest, HttpResponse};
 use actors::domain::{self as core, PatchRequest};
 use actors::service::idempotency::Recorded;
 use actors::service::scripts::ScriptFilter;
@@ -12,15 +13,21 @@ use crate::dto::scripts::{
     CreateScriptRequest, ListScriptsQuery, PatchScriptRequest, Script, ScriptView,
 };
 use crate::http::cursor::{KeyKind, Page, PageRequest};
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{no_nul, JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
 use crate::http::validation::to_api;
 
+/// A script view with the script's ETag.
+pub(crate) fn script_response(view: core::ScriptView) -> HttpResponse {
+    let script = view.script.clone();
+    with_etag(HttpResponse::Ok().json(ScriptView::from(view)), &script)
+}
+
 /// The response with the script's ETag.
-pub(crate) fn with_etag(mut res: HttpResponse, script: &core::Script) -> HttpResponse {
+fn with_etag(mut res: HttpResponse, script: &core::Script) -> HttpResponse {
     if let Ok(v) = header::HeaderValue::from_str(&script.etag()) {
         res.headers_mut().insert(header::ETAG, v);
     }
@@ -35,23 +42,17 @@ pub(crate) fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<
 }
 
 /// Create a script (status DRAFT, latestVersion 0).
-#[utoipa::path(
-    tag = "scripts",
-    params(crate::dto::TenantHeader),
+#[utoipa::path(tag = "scripts", params(crate::dto::TenantHeader),
     request_body = CreateScriptRequest,
     responses(
         (status = 201, description = "Created", body = ScriptView,
             headers(("Location" = String, description = "/scripts/{id}"), ("ETag" = String))),
         (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED, TENANT_MISMATCH", body = ErrorBody),
         (status = 409, description = "SLUG_TAKEN", body = ErrorBody),
-    )
-)]
+    ))]
 #[post("/scripts")]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn create_script(
-    post: KeyedPost<CreateScriptRequest>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn create_script(post: KeyedPost<CreateScriptRequest>, svc: Svc) -> ApiResult {
     let tenant = post.ctx.tenant(post.body.tenant_id.as_deref())?;
     post.run(
         tenant,
@@ -84,21 +85,14 @@ fn render_created(s: &core::Script) -> Recorded {
 }
 
 /// List the tenant's scripts, newest first.
-#[utoipa::path(
-    tag = "scripts",
-    params(crate::dto::TenantHeader, ListScriptsQuery),
+#[utoipa::path(tag = "scripts", params(crate::dto::TenantHeader, ListScriptsQuery),
     responses(
         (status = 200, description = "A page of scripts", body = Page<Script>),
         (status = 400, description = "VALIDATION_FAILED (bad limit, cursor, status or q), TENANT_REQUIRED, TENANT_MISMATCH", body = ErrorBody),
-    )
-)]
+    ))]
 #[get("/scripts")]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list_scripts(
-    ctx: Ctx,
-    query: Query<ListScriptsQuery>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_scripts(ctx: Ctx, query: Query<ListScriptsQuery>, svc: Svc) -> ApiResult {
     let query = query.into_inner();
     let tenant = ctx.tenant(query.tenant_id.as_deref())?;
     no_nul("q", query.q.as_deref().unwrap_or_default())?;
@@ -130,42 +124,29 @@ pub async fn list_scripts(
 }
 
 /// A script with its active version; `If-None-Match` answers 304.
-#[utoipa::path(
-    tag = "scripts",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+#[utoipa::path(tag = "scripts", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier response")),
     responses(
         (status = 200, description = "The script", body = ScriptView, headers(("ETag" = String))),
         (status = 304, description = "Not modified"),
         (status = 400, description = "VALIDATION_FAILED (id not a UUID), TENANT_REQUIRED", body = ErrorBody),
-    )
-)]
+    ))]
 #[get("/scripts/{id}")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
-pub async fn get_script(
-    ctx: Ctx,
-    req: HttpRequest,
-    path: web::Path<String>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_script(ctx: Ctx, req: HttpRequest, path: Path<String>, svc: Svc) -> ApiResult {
     let (id, tenant) = ctx.target("id", &path)?;
     let view = svc.scripts.get(&tenant, id).await?;
-    let script = view.script.clone();
     if let Some(inm) = header_str(&req, header::IF_NONE_MATCH) {
-        if core::script::if_match_ok(&inm, &script) {
-            return Ok(with_etag(HttpResponse::NotModified().finish(), &script));
+        if core::script::if_match_ok(&inm, &view.script) {
+            let not_modified = HttpResponse::NotModified().finish();
+            return Ok(with_etag(not_modified, &view.script));
         }
     }
-    Ok(with_etag(
-        HttpResponse::Ok().json(ScriptView::from(view)),
-        &script,
-    ))
+    Ok(script_response(view))
 }
 
 /// Change a script (JSON merge patch); `If-Match` is honoured.
-#[utoipa::path(
-    tag = "scripts",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+#[utoipa::path(tag = "scripts", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
         ("If-Match" = Option<String>, Header, description = "The ETag the change is based on, or *")),
     request_body = PatchScriptRequest,
     responses(
@@ -173,17 +154,16 @@ pub async fn get_script(
         (status = 400, description = "VALIDATION_FAILED (empty patch, null on a required field), MALFORMED_JSON", body = ErrorBody),
         (status = 409, description = "SLUG_TAKEN, INVALID_STATUS_TRANSITION, NO_ACTIVE_VERSION, SCRIPT_ARCHIVED", body = ErrorBody),
         (status = 412, description = "PRECONDITION_FAILED", body = ErrorBody),
-    )
-)]
+    ))]
 #[patch("/scripts/{id}")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
 pub async fn patch_script(
     ctx: Ctx,
     svc: Svc,
     req: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
     body: JsonBody<PatchScriptRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> ApiResult {
     let (id, tenant) = ctx.target("id", &path)?;
     let (patch, note) = body.value.into_domain()?;
     let req = PatchRequest {
@@ -194,9 +174,5 @@ pub async fn patch_script(
         note,
     };
     let view = svc.scripts.patch(id, req).await?;
-    let script = view.script.clone();
-    Ok(with_etag(
-        HttpResponse::Ok().json(ScriptView::from(view)),
-        &script,
-    ))
+    Ok(script_response(view))
 }

@@ -2,7 +2,8 @@
 //! publish or roll back, list, read; and the audit trail.
 
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::web::Path;
+use actix_web::{get, post, HttpResponse};
 use actors::domain::{self as core, PublishRequest, VersionRequest};
 use actors::service::idempotency::Recorded;
 use validator::Validate;
@@ -11,19 +12,17 @@ use crate::dto::scripts::{
     AuditEntry, CreateVersionRequest, PageQuery, PublishRequestBody, ScriptView, Version,
     VersionSummary,
 };
-use crate::http::cursor::{KeyKind, Page, PageRequest};
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::cursor::{KeyKind, Page};
+use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::{path_uuid, path_version, JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
 use crate::http::validation::to_api;
-use crate::routes::scripts::with_etag;
+use crate::routes::scripts::script_response;
 
 /// Save a new immutable version (number = latestVersion + 1).
-#[utoipa::path(
-    tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id")),
+#[utoipa::path(tag = "versions", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id")),
     request_body = CreateVersionRequest,
     responses(
         (status = 201, description = "Created", body = Version,
@@ -31,15 +30,14 @@ use crate::routes::scripts::with_etag;
         (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON", body = ErrorBody),
         (status = 409, description = "VERSION_CONFLICT (details.latestVersion), SCRIPT_ARCHIVED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE (limits.versions_body_bytes)", body = ErrorBody),
-    )
-)]
+    ))]
 #[post("/scripts/{id}/versions")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
 pub async fn create_version(
     post: KeyedPost<CreateVersionRequest>,
-    path: web::Path<String>,
+    path: Path<String>,
     svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+) -> ApiResult {
     let id = path_uuid("id", &path)?;
     let tenant = post.ctx.tenant(None)?;
     post.run(
@@ -66,9 +64,7 @@ fn render_created(v: &core::Version) -> Recorded {
 }
 
 /// Publish a version (PUBLISH), or an older one (ROLLBACK); a no-op when already active.
-#[utoipa::path(
-    tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+#[utoipa::path(tag = "versions", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
         ("version" = i32, Path, minimum = 1, description = "Version number")),
     request_body(content = PublishRequestBody, description = "May be empty"),
     responses(
@@ -76,16 +72,15 @@ fn render_created(v: &core::Version) -> Recorded {
         (status = 400, description = "VALIDATION_FAILED (version not an integer)", body = ErrorBody),
         (status = 404, description = "NOT_FOUND (script or version)", body = ErrorBody),
         (status = 409, description = "SCRIPT_ARCHIVED", body = ErrorBody),
-    )
-)]
+    ))]
 #[post("/scripts/{id}/versions/{version}/publish")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.0))]
 pub async fn publish_version(
     ctx: Ctx,
     svc: Svc,
-    path: web::Path<(String, String)>,
+    path: Path<(String, String)>,
     body: JsonBody<PublishRequestBody>,
-) -> Result<HttpResponse, ApiError> {
+) -> ApiResult {
     let id = path_uuid("id", &path.0)?;
     let version = path_version(&path.1)?;
     let tenant = ctx.tenant(None)?;
@@ -97,57 +92,37 @@ pub async fn publish_version(
         note: body.value.note,
     };
     let view = svc.scripts.publish(id, req).await?;
-    let script = view.script.clone();
-    Ok(with_etag(
-        HttpResponse::Ok().json(ScriptView::from(view)),
-        &script,
-    ))
+    Ok(script_response(view))
 }
 
 /// A script's versions, highest first (without graphJson and variablesDef).
-#[utoipa::path(
-    tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
+#[utoipa::path(tag = "versions", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
     responses(
         (status = 200, description = "A page of versions", body = Page<VersionSummary>),
-    )
-)]
+    ))]
 #[get("/scripts/{id}/versions")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
 pub async fn list_versions(
     ctx: Ctx,
-    path: web::Path<String>,
-    query: Query<PageQuery>,
+    path: Path<String>,
+    q: Query<PageQuery>,
     svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+) -> ApiResult {
     let (id, tenant) = ctx.target("id", &path)?;
-    let filters = ["versions", &id.to_string()];
-    let page = PageRequest::parse(
-        query.limit,
-        query.cursor.as_deref(),
-        &filters,
-        KeyKind::Version,
-    )?;
+    let page = q.page(&["versions", &id.to_string()], KeyKind::Version)?;
     let rows = svc.scripts.versions(&tenant, id, page.window).await?;
     Ok(HttpResponse::Ok().json(page.finish::<_, VersionSummary>(rows)))
 }
 
 /// One version in full.
-#[utoipa::path(
-    tag = "versions",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+#[utoipa::path(tag = "versions", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
         ("version" = i32, Path, minimum = 1, description = "Version number")),
     responses(
         (status = 200, description = "The version", body = Version),
-    )
-)]
+    ))]
 #[get("/scripts/{id}/versions/{version}")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.0))]
-pub async fn get_version(
-    ctx: Ctx,
-    path: web::Path<(String, String)>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get_version(ctx: Ctx, path: Path<(String, String)>, svc: Svc) -> ApiResult {
     let id = path_uuid("id", &path.0)?;
     let version = path_version(&path.1)?;
     let tenant = ctx.tenant(None)?;
@@ -156,29 +131,15 @@ pub async fn get_version(
 }
 
 /// A script's audit trail, newest first.
-#[utoipa::path(
-    tag = "audit",
-    params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
+#[utoipa::path(tag = "audit", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"), PageQuery),
     responses(
         (status = 200, description = "A page of audit entries", body = Page<AuditEntry>),
-    )
-)]
+    ))]
 #[get("/scripts/{id}/audit")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
-pub async fn list_audit(
-    ctx: Ctx,
-    path: web::Path<String>,
-    query: Query<PageQuery>,
-    svc: Svc,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_audit(ctx: Ctx, path: Path<String>, q: Query<PageQuery>, svc: Svc) -> ApiResult {
     let (id, tenant) = ctx.target("id", &path)?;
-    let filters = ["audit", &id.to_string()];
-    let page = PageRequest::parse(
-        query.limit,
-        query.cursor.as_deref(),
-        &filters,
-        KeyKind::Time,
-    )?;
+    let page = q.page(&["audit", &id.to_string()], KeyKind::Time)?;
     let rows = svc.scripts.audit(&tenant, id, page.window).await?;
     Ok(HttpResponse::Ok().json(page.finish::<_, AuditEntry>(rows)))
 }

@@ -456,13 +456,7 @@ async fn a_restarted_run_actor_reloads_its_status() {
     )
     .await;
     let rid = uuid::Uuid::parse_str(&run).unwrap();
-    app.state
-        .services
-        .runs
-        .actors()
-        .inject_failure(rid, false)
-        .await
-        .unwrap();
+    inject_failure(&app.state.services.runs.actors(), rid, false).await;
     json_of(
         upsert(&app, &run, json!([{ "key": "b", "strVal": "y" }])).await,
         200,
@@ -476,22 +470,10 @@ async fn a_restarted_run_actor_reloads_its_status() {
     )
     .await
     .unwrap();
-    app.state
-        .services
-        .runs
-        .actors()
-        .inject_failure(rid, false)
-        .await
-        .unwrap();
+    inject_failure(&app.state.services.runs.actors(), rid, false).await;
     let res = upsert(&app, &run, json!([{ "key": "c", "strVal": "z" }])).await;
     assert_error(res, 409, "RUN_FINISHED").await;
-    app.state
-        .services
-        .runs
-        .actors()
-        .inject_failure(rid, true)
-        .await
-        .unwrap();
+    inject_failure(&app.state.services.runs.actors(), rid, true).await;
     assert_error(finish(&app, &run, "FAILED").await, 409, "RUN_FINISHED").await;
     assert_eq!(
         app.state
@@ -681,4 +663,13 @@ async fn a_failing_write_fails_only_its_own_request() {
     // The runs stay writable.
     let res = upsert(&app, &c, json!([{ "key": "c1", "boolVal": true }])).await;
     assert_eq!(json_of(res, 200).await["upserted"], 1);
+}
+
+/// Makes the actor that owns `key` fail (a test hook of the core).
+async fn inject_failure<A: actors::keyed::KeyedActor>(
+    actors: &actors::keyed::Actors<A>,
+    key: uuid::Uuid,
+    panic: bool,
+) {
+    actors.inject_failure(key, panic).await.unwrap();
 }

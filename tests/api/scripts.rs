@@ -663,25 +663,13 @@ async fn a_failed_actor_is_restarted_and_the_next_request_succeeds() {
     let registry = app.state.services.scripts.actors().registry().clone();
 
     // Stopped with an error: its supervisor restarts it and it reloads.
-    app.state
-        .services
-        .scripts
-        .actors()
-        .inject_failure(sid, false)
-        .await
-        .unwrap();
+    inject_failure(&app.state.services.scripts.actors(), sid, false).await;
     let v = create_version(&app, id).await;
     assert_eq!(v["version"], 2);
     assert_eq!(registry.counts().restarted, 1);
 
     // A panic: the mailbox closes; the registry starts a fresh actor.
-    app.state
-        .services
-        .scripts
-        .actors()
-        .inject_failure(sid, true)
-        .await
-        .unwrap();
+    inject_failure(&app.state.services.scripts.actors(), sid, true).await;
     let v = create_version(&app, id).await;
     assert_eq!(v["version"], 3);
     assert_eq!(registry.counts().restarted, 2);
@@ -715,4 +703,13 @@ async fn actors_for_ids_that_name_nothing_do_not_linger() {
         .await;
     let runs = app.state.services.runs.actors().registry().clone();
     passivated(|| runs.is_live(ghost)).await;
+}
+
+/// Makes the actor that owns `key` fail (a test hook of the core).
+async fn inject_failure<A: actors::keyed::KeyedActor>(
+    actors: &actors::keyed::Actors<A>,
+    key: uuid::Uuid,
+    panic: bool,
+) {
+    actors.inject_failure(key, panic).await.unwrap();
 }

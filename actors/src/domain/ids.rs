@@ -3,9 +3,14 @@
 
 use std::fmt;
 
-/// Generates the accessors every string newtype shares.
+/// Declares a string newtype with the accessors every one shares; with a
+/// length and the characters allowed beside ASCII alphanumerics, its `parse`.
 macro_rules! string_newtype {
-    ($name:ident) => {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
         impl $name {
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -28,6 +33,15 @@ macro_rules! string_newtype {
             }
         }
     };
+    ($(#[$doc:meta])* $name:ident, 1..=$max:literal of $extra:literal, $rule:expr) => {
+        string_newtype!($(#[$doc])* $name);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, String> {
+                name_of(s, $max, $extra, $rule).map($name)
+            }
+        }
+    };
 }
 
 fn is_name_char(c: char, extra: &str) -> bool {
@@ -43,9 +57,10 @@ fn name_of(s: &str, max: usize, extra: &str, rule: String) -> Result<String, Str
     }
 }
 
-/// A tenant id: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(String);
+string_newtype!(
+    /// A tenant id: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`.
+    TenantId
+);
 
 pub const TENANT_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$";
 
@@ -60,22 +75,22 @@ impl TenantId {
         }
     }
 }
-string_newtype!(TenantId);
 
-/// Who acts: the auth context's actor id (a JWT `sub`, or the dev token's prefix).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ActorId(String);
+string_newtype!(
+    /// Who acts: the auth context's actor id (a JWT `sub`, or the dev token's prefix).
+    ActorId
+);
 
 impl ActorId {
     pub fn new(s: impl Into<String>) -> Self {
         ActorId(s.into())
     }
 }
-string_newtype!(ActorId);
 
-/// A script's slug: `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 100 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Slug(String);
+string_newtype!(
+    /// A script's slug: `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 100 characters.
+    Slug
+);
 
 pub const SLUG_PATTERN: &str = "^[a-z0-9]+(-[a-z0-9]+)*$";
 
@@ -96,25 +111,19 @@ impl Slug {
         }
     }
 }
-string_newtype!(Slug);
-
-/// A run variable's key: `^[A-Za-z0-9_.:-]{1,200}$`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VarKey(String);
 
 pub const VAR_KEY_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,200}$";
 
-impl VarKey {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        name_of(s, 200, "_.:-", format!("must match {VAR_KEY_PATTERN}")).map(VarKey)
-    }
-}
-string_newtype!(VarKey);
+string_newtype!(
+    /// A run variable's key: `^[A-Za-z0-9_.:-]{1,200}$`.
+    VarKey, 1..=200 of "_.:-", format!("must match {VAR_KEY_PATTERN}")
+);
 
-/// A command name such as `Contacts.UpsertAndLink.v1`: dotted PascalCase
-/// segments ending in a version, at most 200 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CommandName(String);
+string_newtype!(
+    /// A command name such as `Contacts.UpsertAndLink.v1`: dotted PascalCase
+    /// segments ending in a version, at most 200 characters.
+    CommandName
+);
 
 pub const COMMAND_PATTERN: &str = r"^[A-Z][A-Za-z0-9]*(\.[A-Z][A-Za-z0-9]*)+\.v[0-9]+$";
 
@@ -141,21 +150,14 @@ impl CommandName {
         }
     }
 }
-string_newtype!(CommandName);
-
-/// A correlation id as a request or a stream filter names it: 1..128
-/// characters of `[A-Za-z0-9._:-]` (a command's UUID, a run id, a caller's own).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CorrelationId(String);
 
 pub const CORRELATION_PATTERN: &str = "1..128 characters of [A-Za-z0-9._:-]";
 
-impl CorrelationId {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        name_of(s, 128, "._:-", format!("must be {CORRELATION_PATTERN}")).map(CorrelationId)
-    }
-}
-string_newtype!(CorrelationId);
+string_newtype!(
+    /// A correlation id as a request or a stream filter names it: 1..128
+    /// characters of `[A-Za-z0-9._:-]` (a command's UUID, a run id, a caller's own).
+    CorrelationId, 1..=128 of "._:-", format!("must be {CORRELATION_PATTERN}")
+);
 
 #[cfg(test)]
 mod tests {

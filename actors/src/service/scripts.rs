@@ -9,7 +9,7 @@ use crate::domain::{
     ActorId, AuditAction, AuditEntry, Error, NewScript, Page, PatchRequest, PublishRequest, Result,
     Script, ScriptStatus, ScriptView, TenantId, Version, VersionRequest, VersionSummary, Window,
 };
-use crate::script::{CreateVersion, Patch, Publish, ScriptActors};
+use crate::script::{CreateVersion, ScriptActors};
 use crate::store::idempotency::Idem;
 pub use crate::store::scripts::ScriptFilter;
 use crate::store::{self, scripts as sql, Db};
@@ -93,7 +93,7 @@ impl Scripts {
     }
 
     pub async fn patch(&self, id: Uuid, req: PatchRequest) -> Result<ScriptView> {
-        self.actors.ask(id, Patch(req)).await
+        self.actors.ask(id, req).await
     }
 
     pub async fn create_version(
@@ -106,7 +106,7 @@ impl Scripts {
     }
 
     pub async fn publish(&self, id: Uuid, req: PublishRequest) -> Result<ScriptView> {
-        self.actors.ask(id, Publish(req)).await
+        self.actors.ask(id, req).await
     }
 
     /// A read connection and the tenant's script (404 when it is not one).

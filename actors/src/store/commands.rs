@@ -120,7 +120,11 @@ pub async fn get_by_correlation(
     let sql = format!(
         "SELECT {COLUMNS} FROM command_outbox WHERE tenant_id = $1 AND correlation_id = $2"
     );
-    super::opt(client, &sql, &[&tenant, &correlation_id], command_from).await
+    Ok(
+        super::all(client, &sql, &[&tenant, &correlation_id], command_from)
+            .await?
+            .pop(),
+    )
 }
 
 /// Returns expired leases to PENDING (their process died or stalled).

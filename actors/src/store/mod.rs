@@ -178,17 +178,8 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
-/// The row of a cached statement, mapped by `from` (`None` when there is none).
-pub(crate) async fn opt<T>(
-    client: &impl deadpool_postgres::GenericClient,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    from: impl Fn(&tokio_postgres::Row) -> T,
-) -> Result<Option<T>> {
-    Ok(all(client, sql, params, from).await?.pop())
-}
-
-/// The rows of a cached statement, mapped by `from`.
+/// The rows of a cached statement, mapped by `from` (`.pop()` is the row
+/// of a lookup by key).
 pub(crate) async fn all<T>(
     client: &impl deadpool_postgres::GenericClient,
     sql: &str,

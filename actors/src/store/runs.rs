@@ -70,13 +70,13 @@ pub async fn insert_run(client: &impl GenericClient, r: &Run) -> Result<()> {
 #[tracing::instrument(level = "debug", skip(client))]
 pub async fn get_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Run>> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1");
-    super::opt(client, &sql, &[&id], run_from).await
+    Ok(super::all(client, &sql, &[&id], run_from).await?.pop())
 }
 
 /// A run, row-locked until the transaction ends (finish).
 pub async fn lock_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Run>> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM script_runs WHERE id = $1 FOR UPDATE");
-    super::opt(client, &sql, &[&id], run_from).await
+    Ok(super::all(client, &sql, &[&id], run_from).await?.pop())
 }
 
 pub async fn finish_run(

@@ -105,20 +105,22 @@ pub async fn get_script(
     id: Uuid,
 ) -> Result<Option<Script>> {
     let sql = format!("SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1 AND tenant_id = $2");
-    super::opt(client, &sql, &[&id, &tenant], script_from).await
+    Ok(super::all(client, &sql, &[&id, &tenant], script_from)
+        .await?
+        .pop())
 }
 
 /// A script by id (any tenant: the owning actor checks), row-locked until the
 /// transaction ends. This lock is what serializes writers across processes.
 pub async fn lock_script(client: &impl GenericClient, id: Uuid) -> Result<Option<Script>> {
     let sql = format!("SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1 FOR UPDATE");
-    super::opt(client, &sql, &[&id], script_from).await
+    Ok(super::all(client, &sql, &[&id], script_from).await?.pop())
 }
 
 /// A script by id, unlocked (actor start).
 pub async fn load_script(client: &impl GenericClient, id: Uuid) -> Result<Option<Script>> {
     let sql = format!("SELECT {SCRIPT_COLUMNS} FROM scripts WHERE id = $1");
-    super::opt(client, &sql, &[&id], script_from).await
+    Ok(super::all(client, &sql, &[&id], script_from).await?.pop())
 }
 
 /// Advances the version counter by `count` and bumps the revision; returns the
