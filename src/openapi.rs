@@ -35,6 +35,151 @@ impl Modify for BearerAuth {
 
 use crate::http::paths::{self, KEYED, PUBLIC};
 
+/// The errors each operation documents beyond those every route shares
+/// (method, path, status, what the status means there): one table instead of
+/// the same response lines on every handler.
+const ROUTE_ERRORS: &[(&str, &str, u16, &str)] = &[
+    (
+        "get",
+        "/admin/actors",
+        400,
+        "VALIDATION_FAILED (kind, limit)",
+    ),
+    ("get", "/admin/actors", 401, "UNAUTHORIZED"),
+    ("get", "/admin/actors", 403, "FORBIDDEN: not an admin"),
+    ("get", "/metrics", 401, "UNAUTHORIZED"),
+    ("get", "/metrics", 403, "FORBIDDEN: not an admin"),
+    (
+        "post",
+        "/commands",
+        400,
+        "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED",
+    ),
+    ("post", "/commands", 409, "CORRELATION_ID_TAKEN"),
+    ("post", "/commands", 413, "PAYLOAD_TOO_LARGE"),
+    (
+        "get",
+        "/commands/{correlationId}",
+        400,
+        "VALIDATION_FAILED (not a UUID), TENANT_REQUIRED",
+    ),
+    (
+        "get",
+        "/events/stream",
+        400,
+        "TENANT_REQUIRED, TENANT_MISMATCH, VALIDATION_FAILED",
+    ),
+    ("get", "/events/stream", 401, "UNAUTHORIZED"),
+    (
+        "post",
+        "/runs",
+        400,
+        "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED, TENANT_MISMATCH",
+    ),
+    ("post", "/runs", 404, "NOT_FOUND (script or version)"),
+    ("post", "/runs", 409, "NO_ACTIVE_VERSION, SCRIPT_ARCHIVED"),
+    (
+        "post",
+        "/runs/{runId}/vars",
+        400,
+        "VALIDATION_FAILED (items, key, value), MALFORMED_JSON",
+    ),
+    ("post", "/runs/{runId}/vars", 409, "RUN_FINISHED"),
+    (
+        "post",
+        "/runs/{runId}/vars",
+        413,
+        "PAYLOAD_TOO_LARGE (limits.vars_body_bytes)",
+    ),
+    (
+        "post",
+        "/runs/{runId}/vars",
+        503,
+        "UNAVAILABLE: the run's queue is full (Retry-After)",
+    ),
+    (
+        "post",
+        "/runs/{runId}/finish",
+        400,
+        "VALIDATION_FAILED (status RUNNING or unknown)",
+    ),
+    ("post", "/runs/{runId}/finish", 409, "RUN_FINISHED"),
+    (
+        "get",
+        "/runs",
+        400,
+        "VALIDATION_FAILED (from > to, bad time, limit, cursor)",
+    ),
+    (
+        "post",
+        "/scripts",
+        400,
+        "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED, TENANT_MISMATCH",
+    ),
+    ("post", "/scripts", 409, "SLUG_TAKEN"),
+    (
+        "get",
+        "/scripts",
+        400,
+        "VALIDATION_FAILED (bad limit, cursor, status or q), TENANT_REQUIRED, TENANT_MISMATCH",
+    ),
+    (
+        "get",
+        "/scripts/{id}",
+        400,
+        "VALIDATION_FAILED (id not a UUID), TENANT_REQUIRED",
+    ),
+    (
+        "patch",
+        "/scripts/{id}",
+        400,
+        "VALIDATION_FAILED (empty patch, null on a required field), MALFORMED_JSON",
+    ),
+    (
+        "patch",
+        "/scripts/{id}",
+        409,
+        "SLUG_TAKEN, INVALID_STATUS_TRANSITION, NO_ACTIVE_VERSION, SCRIPT_ARCHIVED",
+    ),
+    ("patch", "/scripts/{id}", 412, "PRECONDITION_FAILED"),
+    (
+        "post",
+        "/scripts/{id}/versions",
+        400,
+        "VALIDATION_FAILED, MALFORMED_JSON",
+    ),
+    (
+        "post",
+        "/scripts/{id}/versions",
+        409,
+        "VERSION_CONFLICT (details.latestVersion), SCRIPT_ARCHIVED",
+    ),
+    (
+        "post",
+        "/scripts/{id}/versions",
+        413,
+        "PAYLOAD_TOO_LARGE (limits.versions_body_bytes)",
+    ),
+    (
+        "post",
+        "/scripts/{id}/versions/{version}/publish",
+        400,
+        "VALIDATION_FAILED (version not an integer)",
+    ),
+    (
+        "post",
+        "/scripts/{id}/versions/{version}/publish",
+        404,
+        "NOT_FOUND (script or version)",
+    ),
+    (
+        "post",
+        "/scripts/{id}/versions/{version}/publish",
+        409,
+        "SCRIPT_ARCHIVED",
+    ),
+];
+
 fn header_param(name: &str, description: &str, pattern: Option<&str>) -> Parameter {
     let mut schema = ObjectBuilder::new().schema_type(Type::String);
     if let Some(p) = pattern {
@@ -104,6 +249,12 @@ fn common_parts(path: &str, method: &str, op: &mut utoipa::openapi::path::Operat
     let mut add = |code: &str, r: RefOr<Response>| {
         responses.entry(code.to_string()).or_insert(r);
     };
+    for (_, _, status, what) in ROUTE_ERRORS
+        .iter()
+        .filter(|(m, p, ..)| *m == method && *p == path)
+    {
+        add(&status.to_string(), error_response(what, *status == 503));
+    }
     if PUBLIC.contains(&path) {
         op.security = Some(vec![SecurityRequirement::default()]);
     } else {
@@ -150,28 +301,29 @@ fn common_parts(path: &str, method: &str, op: &mut utoipa::openapi::path::Operat
         error_response("UNAVAILABLE: database unreachable or a queue is full", true),
     );
     if KEYED.contains(&(path, method)) {
-        add(
-            "409",
-            error_response(
-                "IDEMPOTENCY_KEY_IN_USE (and the route's own conflicts)",
-                false,
-            ),
-        );
-        add(
-            "422",
-            error_response(
-                "IDEMPOTENCY_KEY_REUSED: the key was used with another body",
-                false,
-            ),
-        );
-        op.parameters
-            .get_or_insert_with(Vec::new)
-            .push(RefOr::T(header_param(
-                "Idempotency-Key",
-                "Replays the first response for the same key and body (24 h by default)",
-                Some("^[\\x20-\\x7E]{1,255}$"),
-            )));
+        keyed_parts(op);
     }
+}
+
+/// What an operation that honours `Idempotency-Key` adds: the header, and the
+/// key's refusals (unless the route documents its own 409).
+fn keyed_parts(op: &mut utoipa::openapi::path::Operation) {
+    let responses = &mut op.responses.responses;
+    responses.entry("409".into()).or_insert(error_response(
+        "IDEMPOTENCY_KEY_IN_USE (and the route's own conflicts)",
+        false,
+    ));
+    responses.entry("422".into()).or_insert(error_response(
+        "IDEMPOTENCY_KEY_REUSED: the key was used with another body",
+        false,
+    ));
+    op.parameters
+        .get_or_insert_with(Vec::new)
+        .push(RefOr::T(header_param(
+            "Idempotency-Key",
+            "Replays the first response for the same key and body (24 h by default)",
+            Some("^[\\x20-\\x7E]{1,255}$"),
+        )));
 }
 
 /// Builds the document by registering every route on a throwaway app.

@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError};
-use actors::domain::TenantId;
+use actors::domain::{ActorId, TenantId};
 use actors::service::idempotency::{in_use, Claim, ClaimOutcome, Idem, IdemKey, Recorded};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -219,16 +219,17 @@ impl<T> KeyedPost<T> {
         &self.state
     }
 
-    /// Claims the key (or answers with its replay or refusal), runs `work`
-    /// with the completion its write carries, answers with `render` of what
-    /// it wrote, and finishes the key.
+    /// Claims the key (or answers with its replay or refusal), validates
+    /// the body, runs `work` with the completion its write carries, answers
+    /// with `render` of what it wrote, and finishes the key.
     pub async fn run<V, Fut>(
         self,
         tenant: TenantId,
         render: fn(&V) -> Recorded,
-        work: impl FnOnce(Ctx, TenantId, JsonBody<T>, Option<Idem<V>>) -> Fut,
+        work: impl FnOnce(Work<T, V>) -> Fut,
     ) -> Result<HttpResponse, ApiError>
     where
+        T: validator::Validate,
         V: 'static,
         Fut: Future<Output = Result<V, ApiError>>,
     {
@@ -242,11 +243,30 @@ impl<T> KeyedPost<T> {
             Begun::Respond(res) => return Ok(res),
             Begun::Proceed(claim) => claim,
         };
-        let result = work(ctx, tenant, body, completion(&claim, render))
-            .await
-            .map(|value| to_response(&render(&value)));
+        let result = match body.validate().map_err(crate::http::validation::to_api) {
+            Ok(()) => {
+                let idem = completion(&claim, render);
+                let w = Work {
+                    actor: ctx.caller.actor_id.clone(),
+                    tenant,
+                    body: body.value,
+                    idem,
+                };
+                work(w).await.map(|value| to_response(&render(&value)))
+            }
+            Err(e) => Err(e),
+        };
         finish(&state, claim, result).await
     }
+}
+
+/// What a keyed handler's write gets: who acts, in which tenant, the
+/// validated body, and the completion its transaction commits.
+pub struct Work<T, V> {
+    pub actor: ActorId,
+    pub tenant: TenantId,
+    pub body: T,
+    pub idem: Option<Idem<V>>,
 }
 
 /// The completion a write carries for `claim`.

@@ -6,7 +6,7 @@ use actix_web::{get, HttpResponse};
 
 use crate::dto::admin::{ActorInfo, ActorsQuery, ActorsView, SseSummary};
 use crate::http::auth::Caller;
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::Query;
 use crate::http::state::State;
 
@@ -16,9 +16,6 @@ const KINDS: [&str; 4] = ["script", "run", "outbox", "eventhub"];
 #[utoipa::path(tag = "operations", params(ActorsQuery),
     responses(
         (status = 200, description = "Actors of this process", body = ActorsView),
-        (status = 400, description = "VALIDATION_FAILED (kind, limit)", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: not an admin", body = ErrorBody),
     ))]
 #[get("/admin/actors")]
 pub async fn list_actors(caller: Caller, state: State, query: Query<ActorsQuery>) -> ApiResult {
@@ -63,8 +60,6 @@ pub async fn list_actors(caller: Caller, state: State, query: Query<ActorsQuery>
 /// Prometheus metrics (admin only: the admin token in dev mode, the admin role in jwt mode).
 #[utoipa::path(tag = "operations", responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: not an admin", body = ErrorBody),
     ))]
 #[get("/metrics")]
 pub async fn metrics(caller: Caller, state: State) -> ApiResult {

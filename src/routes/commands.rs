@@ -5,14 +5,12 @@ use actix_web::web::Path;
 use actix_web::{get, post, HttpResponse};
 use actors::domain::Accepted;
 use actors::service::idempotency::Recorded;
-use validator::Validate;
 
 use crate::dto::commands::{CommandAccepted, CommandRequest, CommandStatus, CommandView};
-use crate::http::error::{ApiError, ApiResult, Code, ErrorBody};
+use crate::http::error::{ApiError, ApiResult, Code};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
-use crate::http::validation::to_api;
 use crate::settings::AuthMode;
 
 /// Accept a command into the outbox; its completion arrives on `/events/stream`.
@@ -21,9 +19,6 @@ use crate::settings::AuthMode;
     responses(
         (status = 202, description = "Accepted (committed to the outbox)", body = CommandAccepted,
             headers(("Location" = String, description = "/commands/{correlationId}"))),
-        (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED", body = ErrorBody),
-        (status = 409, description = "CORRELATION_ID_TAKEN", body = ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
     ))]
 #[post("/commands")]
 #[tracing::instrument(level = "debug", skip_all)]
@@ -38,15 +33,10 @@ pub async fn post_command(post: KeyedPost<CommandRequest>, svc: Svc) -> ApiResul
             "actor.userId must be the token's subject",
         ));
     }
-    post.run(
-        tenant,
-        render_accepted,
-        |ctx, tenant, body, idem| async move {
-            body.validate().map_err(to_api)?;
-            let command = body.value.into_new(&tenant, &ctx.caller.actor_id)?;
-            Ok(svc.commands.accept(&command, idem.as_ref()).await?)
-        },
-    )
+    post.run(tenant, render_accepted, |w| async move {
+        let command = w.body.into_new(&w.tenant, &w.actor)?;
+        Ok(svc.commands.accept(&command, w.idem.as_ref()).await?)
+    })
     .await
 }
 
@@ -66,7 +56,6 @@ fn render_accepted(a: &Accepted) -> Recorded {
 #[utoipa::path(tag = "commands", params(crate::dto::TenantHeader, ("correlationId" = uuid::Uuid, Path, description = "The command's correlation id")),
     responses(
         (status = 200, description = "The command", body = CommandView),
-        (status = 400, description = "VALIDATION_FAILED (not a UUID), TENANT_REQUIRED", body = ErrorBody),
     ))]
 #[get("/commands/{correlationId}")]
 #[tracing::instrument(level = "debug", skip_all, fields(correlation = %path.as_str()))]

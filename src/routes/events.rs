@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 
 use crate::dto::events::SseFrames;
 use crate::http::auth::authenticate_request;
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::ApiError;
 use crate::http::extract::Query;
 use crate::http::state::Svc;
 use crate::http::tenant::TenantHeader;
@@ -66,8 +66,6 @@ fn parse_last_event_id(req: &HttpRequest, query: &StreamQuery) -> Result<Option<
 `data: <EventData JSON>`. `ping` (every events.keepalive_secs) and `reset` (Last-Event-ID older than \
 the retained history or newer than the newest event) carry no id and `{\"occurredAt\"}` as data.",
             content_type = "text/event-stream", body = String),
-        (status = 400, description = "TENANT_REQUIRED, TENANT_MISMATCH, VALIDATION_FAILED", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
     ))]
 #[get("/events/stream")]
 #[tracing::instrument(level = "debug", skip_all)]

@@ -7,50 +7,42 @@ use actix_web::{get, post, HttpResponse};
 use actors::domain::{self as core, NewRun};
 use actors::service::idempotency::Recorded;
 use actors::service::runs::RunFilter;
-use validator::Validate;
 
 use crate::dto::runs::{
     parse_time, FinishRequest, ListRunsQuery, Run, RunStarted, RunStatus, RunVariable, RunWithVars,
     StartRunRequest, VarItems, VarsUpserted,
 };
 use crate::http::cursor::{KeyKind, Page, PageRequest};
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
-use crate::http::validation::to_api;
 
 /// Start a run of a script version (default: the active one).
 #[utoipa::path(tag = "runs", params(crate::dto::TenantHeader),
     request_body = StartRunRequest,
     responses(
         (status = 201, description = "Started", body = RunStarted, headers(("Location" = String, description = "/runs/{runId}"))),
-        (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED, TENANT_MISMATCH", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND (script or version)", body = ErrorBody),
-        (status = 409, description = "NO_ACTIVE_VERSION, SCRIPT_ARCHIVED", body = ErrorBody),
     ))]
 #[post("/runs")]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn start_run(post: KeyedPost<StartRunRequest>, svc: Svc) -> ApiResult {
     let tenant = post.ctx.tenant(post.body.tenant_id.as_deref())?;
-    post.run(
-        tenant,
-        render_started,
-        |ctx, tenant, body, idem| async move {
-            body.validate().map_err(to_api)?;
-            let b = body.value;
-            let new = NewRun {
-                script_id: b.script_id,
-                version: b.version,
-                started_by_id: b.started_by_id,
-                connector_type: b.connector_type,
-                connector_key: b.connector_key,
-            };
-            let actor = &ctx.caller.actor_id;
-            Ok(svc.runs.start(&tenant, actor, new, idem.as_ref()).await?)
-        },
-    )
+    post.run(tenant, render_started, |w| async move {
+        let b = w.body;
+        let new = NewRun {
+            script_id: b.script_id,
+            version: b.version,
+            started_by_id: b.started_by_id,
+            connector_type: b.connector_type,
+            connector_key: b.connector_key,
+        };
+        Ok(svc
+            .runs
+            .start(&w.tenant, &w.actor, new, w.idem.as_ref())
+            .await?)
+    })
     .await
 }
 
@@ -70,10 +62,6 @@ fn render_started(run: &core::Run) -> Recorded {
     request_body = VarItems,
     responses(
         (status = 200, description = "Committed", body = VarsUpserted),
-        (status = 400, description = "VALIDATION_FAILED (items, key, value), MALFORMED_JSON", body = ErrorBody),
-        (status = 409, description = "RUN_FINISHED", body = ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE (limits.vars_body_bytes)", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE: the run's queue is full (Retry-After)", body = ErrorBody),
     ))]
 #[post("/runs/{runId}/vars")]
 #[tracing::instrument(level = "debug", skip_all, fields(run = %path.as_str()))]
@@ -98,8 +86,6 @@ pub async fn upsert_vars(
     request_body = FinishRequest,
     responses(
         (status = 200, description = "The finished run", body = Run),
-        (status = 400, description = "VALIDATION_FAILED (status RUNNING or unknown)", body = ErrorBody),
-        (status = 409, description = "RUN_FINISHED", body = ErrorBody),
     ))]
 #[post("/runs/{runId}/finish")]
 #[tracing::instrument(level = "debug", skip_all, fields(run = %path.as_str()))]
@@ -127,7 +113,6 @@ pub async fn finish_run(
 #[utoipa::path(tag = "runs", params(crate::dto::TenantHeader, ListRunsQuery),
     responses(
         (status = 200, description = "A page of runs", body = Page<Run>),
-        (status = 400, description = "VALIDATION_FAILED (from > to, bad time, limit, cursor)", body = ErrorBody),
     ))]
 #[get("/runs")]
 #[tracing::instrument(level = "debug", skip_all)]

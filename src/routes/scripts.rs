@@ -7,18 +7,16 @@ use actix_web::{get, patch, post, HttpRequest, HttpResponse};
 use actors::domain::{self as core, PatchRequest};
 use actors::service::idempotency::Recorded;
 use actors::service::scripts::ScriptFilter;
-use validator::Validate;
 
 use crate::dto::scripts::{
     CreateScriptRequest, ListScriptsQuery, PatchScriptRequest, Script, ScriptView,
 };
 use crate::http::cursor::{KeyKind, Page, PageRequest};
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{no_nul, JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
-use crate::http::validation::to_api;
 
 /// A script view with the script's ETag.
 pub(crate) fn script_response(view: core::ScriptView) -> HttpResponse {
@@ -47,26 +45,18 @@ pub(crate) fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<
     responses(
         (status = 201, description = "Created", body = ScriptView,
             headers(("Location" = String, description = "/scripts/{id}"), ("ETag" = String))),
-        (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON, TENANT_REQUIRED, TENANT_MISMATCH", body = ErrorBody),
-        (status = 409, description = "SLUG_TAKEN", body = ErrorBody),
     ))]
 #[post("/scripts")]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create_script(post: KeyedPost<CreateScriptRequest>, svc: Svc) -> ApiResult {
     let tenant = post.ctx.tenant(post.body.tenant_id.as_deref())?;
-    post.run(
-        tenant,
-        render_created,
-        |ctx, tenant, body, idem| async move {
-            body.validate().map_err(to_api)?;
-            let new = body.value.into_new()?;
-            let actor = &ctx.caller.actor_id;
-            Ok(svc
-                .scripts
-                .create(&tenant, actor, new, idem.as_ref())
-                .await?)
-        },
-    )
+    post.run(tenant, render_created, |w| async move {
+        let new = w.body.into_new()?;
+        let created = svc
+            .scripts
+            .create(&w.tenant, &w.actor, new, w.idem.as_ref());
+        Ok(created.await?)
+    })
     .await
 }
 
@@ -88,7 +78,6 @@ fn render_created(s: &core::Script) -> Recorded {
 #[utoipa::path(tag = "scripts", params(crate::dto::TenantHeader, ListScriptsQuery),
     responses(
         (status = 200, description = "A page of scripts", body = Page<Script>),
-        (status = 400, description = "VALIDATION_FAILED (bad limit, cursor, status or q), TENANT_REQUIRED, TENANT_MISMATCH", body = ErrorBody),
     ))]
 #[get("/scripts")]
 #[tracing::instrument(level = "debug", skip_all)]
@@ -129,7 +118,6 @@ pub async fn list_scripts(ctx: Ctx, query: Query<ListScriptsQuery>, svc: Svc) ->
     responses(
         (status = 200, description = "The script", body = ScriptView, headers(("ETag" = String))),
         (status = 304, description = "Not modified"),
-        (status = 400, description = "VALIDATION_FAILED (id not a UUID), TENANT_REQUIRED", body = ErrorBody),
     ))]
 #[get("/scripts/{id}")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
@@ -151,9 +139,6 @@ pub async fn get_script(ctx: Ctx, req: HttpRequest, path: Path<String>, svc: Svc
     request_body = PatchScriptRequest,
     responses(
         (status = 200, description = "The script after the change", body = ScriptView, headers(("ETag" = String))),
-        (status = 400, description = "VALIDATION_FAILED (empty patch, null on a required field), MALFORMED_JSON", body = ErrorBody),
-        (status = 409, description = "SLUG_TAKEN, INVALID_STATUS_TRANSITION, NO_ACTIVE_VERSION, SCRIPT_ARCHIVED", body = ErrorBody),
-        (status = 412, description = "PRECONDITION_FAILED", body = ErrorBody),
     ))]
 #[patch("/scripts/{id}")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]

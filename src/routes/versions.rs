@@ -13,7 +13,7 @@ use crate::dto::scripts::{
     VersionSummary,
 };
 use crate::http::cursor::{KeyKind, Page};
-use crate::http::error::{ApiResult, ErrorBody};
+use crate::http::error::ApiResult;
 use crate::http::extract::{path_uuid, path_version, JsonBody, Query};
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
@@ -27,9 +27,6 @@ use crate::routes::scripts::script_response;
     responses(
         (status = 201, description = "Created", body = Version,
             headers(("Location" = String, description = "/scripts/{id}/versions/{version}"))),
-        (status = 400, description = "VALIDATION_FAILED, MALFORMED_JSON", body = ErrorBody),
-        (status = 409, description = "VERSION_CONFLICT (details.latestVersion), SCRIPT_ARCHIVED", body = ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE (limits.versions_body_bytes)", body = ErrorBody),
     ))]
 #[post("/scripts/{id}/versions")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.as_str()))]
@@ -40,17 +37,15 @@ pub async fn create_version(
 ) -> ApiResult {
     let id = path_uuid("id", &path)?;
     let tenant = post.ctx.tenant(None)?;
-    post.run(
-        tenant,
-        render_created,
-        |ctx, tenant, body, idem| async move {
-            body.validate().map_err(to_api)?;
-            let actor = ctx.caller.actor_id.clone();
-            let new = body.value.into_new();
-            let req = VersionRequest { tenant, actor, new };
-            Ok(svc.scripts.create_version(id, req, idem).await?)
-        },
-    )
+    post.run(tenant, render_created, |w| async move {
+        let new = w.body.into_new();
+        let req = VersionRequest {
+            tenant: w.tenant,
+            actor: w.actor,
+            new,
+        };
+        Ok(svc.scripts.create_version(id, req, w.idem).await?)
+    })
     .await
 }
 
@@ -69,9 +64,6 @@ fn render_created(v: &core::Version) -> Recorded {
     request_body(content = PublishRequestBody, description = "May be empty"),
     responses(
         (status = 200, description = "The script with its new active version", body = ScriptView, headers(("ETag" = String))),
-        (status = 400, description = "VALIDATION_FAILED (version not an integer)", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND (script or version)", body = ErrorBody),
-        (status = 409, description = "SCRIPT_ARCHIVED", body = ErrorBody),
     ))]
 #[post("/scripts/{id}/versions/{version}/publish")]
 #[tracing::instrument(level = "debug", skip_all, fields(script = %path.0))]

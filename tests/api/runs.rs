@@ -456,7 +456,7 @@ async fn a_restarted_run_actor_reloads_its_status() {
     )
     .await;
     let rid = uuid::Uuid::parse_str(&run).unwrap();
-    inject_failure(&app.state.services.runs.actors(), rid, false).await;
+    inject_failure(app.state.services.runs.actors(), rid, false).await;
     json_of(
         upsert(&app, &run, json!([{ "key": "b", "strVal": "y" }])).await,
         200,
@@ -470,10 +470,10 @@ async fn a_restarted_run_actor_reloads_its_status() {
     )
     .await
     .unwrap();
-    inject_failure(&app.state.services.runs.actors(), rid, false).await;
+    inject_failure(app.state.services.runs.actors(), rid, false).await;
     let res = upsert(&app, &run, json!([{ "key": "c", "strVal": "z" }])).await;
     assert_error(res, 409, "RUN_FINISHED").await;
-    inject_failure(&app.state.services.runs.actors(), rid, true).await;
+    inject_failure(app.state.services.runs.actors(), rid, true).await;
     assert_error(finish(&app, &run, "FAILED").await, 409, "RUN_FINISHED").await;
     assert_eq!(
         app.state

@@ -663,13 +663,13 @@ async fn a_failed_actor_is_restarted_and_the_next_request_succeeds() {
     let registry = app.state.services.scripts.actors().registry().clone();
 
     // Stopped with an error: its supervisor restarts it and it reloads.
-    inject_failure(&app.state.services.scripts.actors(), sid, false).await;
+    inject_failure(app.state.services.scripts.actors(), sid, false).await;
     let v = create_version(&app, id).await;
     assert_eq!(v["version"], 2);
     assert_eq!(registry.counts().restarted, 1);
 
     // A panic: the mailbox closes; the registry starts a fresh actor.
-    inject_failure(&app.state.services.scripts.actors(), sid, true).await;
+    inject_failure(app.state.services.scripts.actors(), sid, true).await;
     let v = create_version(&app, id).await;
     assert_eq!(v["version"], 3);
     assert_eq!(registry.counts().restarted, 2);
