@@ -777,7 +777,9 @@ impl<A: Actor<Context = Context<A>> + Supervised> Singleton<A> {
         })
     }
 
-    /// Sends without waiting (counted in the mailbox until the actor takes it).
+    /// Sends without waiting (counted in the mailbox until the actor takes
+    /// it). Like `Addr::do_send`, it is not bounded by the mailbox capacity, so
+    /// a burst of wakes or unsubscribes is never dropped.
     pub fn do_send<M>(&self, msg: M)
     where
         M: Message + Send + 'static,
@@ -787,9 +789,7 @@ impl<A: Actor<Context = Context<A>> + Supervised> Singleton<A> {
     {
         let (addr, meta) = self.addr();
         meta.enqueued();
-        if addr.try_send(msg).is_err() {
-            meta.unsent();
-        }
+        addr.do_send(msg);
     }
 
     pub async fn send<M>(&self, msg: M) -> Result<M::Result>
