@@ -30,6 +30,12 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The reference command handler over the bus (NATS JetStream): completes
+    /// every command like the dev worker. Reads the same configuration as serve.
+    DevHandler {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -37,10 +43,24 @@ enum Cmd {
 /// Exit code when the PostgreSQL binaries for the embedded database are missing.
 const EXIT_MISSING_BINARIES: u8 = 2;
 
+/// `scriptd dev-handler`: needs only the bus, never a database.
+fn dev_handler(settings: &Settings) -> ExitCode {
+    let result = actix_web::rt::System::new().block_on(scriptd::startup::dev_handler(settings));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scriptd dev-handler: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match &cli.command {
-        Cmd::Serve { config, .. } | Cmd::Migrate { config } => config.clone(),
+        Cmd::Serve { config, .. } | Cmd::Migrate { config } | Cmd::DevHandler { config } => {
+            config.clone()
+        }
         Cmd::Openapi => {
             println!("{}", scriptd::openapi::document_json());
             return ExitCode::SUCCESS;
@@ -57,6 +77,9 @@ fn main() -> ExitCode {
         settings.http.port = p;
     }
     telemetry::init(settings.log.format);
+    if let Cmd::DevHandler { .. } = cli.command {
+        return dev_handler(&settings);
+    }
 
     // With no database URL, run a private PostgreSQL for as long as scriptd runs.
     let mut embedded_pg = None;

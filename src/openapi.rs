@@ -64,6 +64,30 @@ const ROUTE_ERRORS: &[(&str, &str, u16, &str)] = &[
         "VALIDATION_FAILED (not a UUID), TENANT_REQUIRED",
     ),
     (
+        "post",
+        "/commands/{correlationId}/complete",
+        400,
+        "VALIDATION_FAILED (not a UUID, event, payload, error), MALFORMED_JSON, TENANT_REQUIRED",
+    ),
+    (
+        "post",
+        "/commands/{correlationId}/complete",
+        403,
+        "FORBIDDEN: neither the worker nor the admin role (jwt mode)",
+    ),
+    (
+        "post",
+        "/commands/{correlationId}/complete",
+        404,
+        "NOT_FOUND: no such command in the tenant",
+    ),
+    (
+        "post",
+        "/commands/{correlationId}/complete",
+        409,
+        "COMMAND_FINAL: already COMPLETED or FAILED (details.status); nothing changes",
+    ),
+    (
         "get",
         "/events/stream",
         400,

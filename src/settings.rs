@@ -18,6 +18,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub events: EventsSettings,
     pub outbox: OutboxSettings,
+    pub bus: BusSettings,
     pub idempotency: IdempotencySettings,
     pub rate_limit: RateLimitSettings,
     pub limits: LimitsSettings,
@@ -71,8 +72,22 @@ pub struct EventsSettings {
     pub slow_reader_ms: u64,
 }
 
+/// Who completes commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DispatcherKind {
+    /// The fake dev worker inside scriptd.
+    Dev,
+    /// Handlers over NATS JetStream (needs `bus.url`).
+    Bus,
+    /// Nobody: commands stay PENDING.
+    None,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
+    /// Absent: `dev_worker` decides (true: dev, false: none).
+    pub dispatcher: Option<DispatcherKind>,
     pub dev_worker: bool,
     pub autorun: bool,
     pub poll_interval_ms: u64,
@@ -82,6 +97,30 @@ pub struct OutboxSettings {
     pub backoff_max_ms: u64,
     pub dev_delay_min_ms: u64,
     pub dev_delay_max_ms: u64,
+    /// Seconds a bus handler has to answer an attempt (fractions allowed).
+    pub completion_timeout_secs: f64,
+}
+
+impl OutboxSettings {
+    /// `dispatcher` when set, else what `dev_worker` means.
+    pub fn dispatcher(&self) -> DispatcherKind {
+        self.dispatcher.unwrap_or(if self.dev_worker {
+            DispatcherKind::Dev
+        } else {
+            DispatcherKind::None
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BusSettings {
+    /// NATS server URL(s), comma-separated; empty: no bus.
+    pub url: SecretString,
+    /// A NATS `.creds` file; empty: none.
+    pub credentials_file: PathBuf,
+    pub subject_prefix: String,
+    pub stream_prefix: String,
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

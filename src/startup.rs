@@ -10,8 +10,9 @@ use actix_cors::Cors;
 use actix_web::dev::{ResourceDef, Server, ServerHandle};
 use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
+use actors::bus::BusConfig;
 use actors::outbox::OutboxConfig;
-use actors::service::{Config as ServicesConfig, Services};
+use actors::service::{Config as ServicesConfig, Dispatching, Services};
 use actors::sse::SessionConfig;
 use actors::workers::dispatcher::{DevDispatcher, Dispatcher};
 use anyhow::Context;
@@ -26,7 +27,7 @@ use crate::http::middleware::request_context;
 use crate::http::ratelimit::{rate_limit, RateLimits};
 use crate::http::state::{AppState, State};
 use crate::routes::health::OpenApiJson;
-use crate::settings::{AuthMode, Settings};
+use crate::settings::{AuthMode, DispatcherKind, Settings};
 
 pub struct Application {
     port: u16,
@@ -44,11 +45,52 @@ const EXPOSED_HEADERS: [&str; 6] = [
     "idempotency-ttl",
 ];
 
+/// How long a bus handler has to answer an attempt.
+fn completion_timeout(s: &Settings) -> Duration {
+    Duration::try_from_secs_f64(s.outbox.completion_timeout_secs)
+        .unwrap_or(Duration::from_secs(300))
+}
+
+/// `[bus]` as the core takes it (`None` when `bus.url` is empty).
+pub fn bus_config(s: &Settings, client_name: &str) -> anyhow::Result<Option<BusConfig>> {
+    let url = s.bus.url.expose_secret();
+    if url.trim().is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        s.outbox.completion_timeout_secs > 0.0,
+        "outbox.completion_timeout_secs must be above 0"
+    );
+    // Commands and completions outlive every attempt of a command.
+    let attempts = s.outbox.max_attempts.max(1);
+    let retention = completion_timeout(s)
+        .saturating_mul(attempts)
+        .max(Duration::from_secs(3600));
+    let file = &s.bus.credentials_file;
+    Ok(Some(BusConfig {
+        url: url.to_string(),
+        credentials_file: (!file.as_os_str().is_empty()).then(|| file.clone()),
+        subject_prefix: s.bus.subject_prefix.clone(),
+        stream_prefix: s.bus.stream_prefix.clone(),
+        replicas: s.bus.replicas,
+        retention,
+        client_name: client_name.to_string(),
+    }))
+}
+
+/// The development dispatcher with the configured delays.
+pub fn dev_dispatcher(s: &Settings) -> DevDispatcher {
+    DevDispatcher {
+        min_delay: Duration::from_millis(s.outbox.dev_delay_min_ms),
+        max_delay: Duration::from_millis(s.outbox.dev_delay_max_ms),
+    }
+}
+
 /// The core's configuration from the settings.
-fn services_config(s: &Settings, dispatcher: Option<Arc<dyn Dispatcher>>) -> ServicesConfig {
+fn services_config(s: &Settings, dispatcher: Dispatching) -> anyhow::Result<ServicesConfig> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let i = &s.idempotency;
-    ServicesConfig {
+    Ok(ServicesConfig {
         database_url: s.database.url.expose_secret().to_string(),
         pool_size: s.database.pool_size,
         connect_timeout: Duration::from_millis(s.database.connect_timeout_ms),
@@ -65,15 +107,17 @@ fn services_config(s: &Settings, dispatcher: Option<Arc<dyn Dispatcher>>) -> Ser
         idempotency_ttl: chrono::Duration::milliseconds((i.ttl_hours * 3_600_000.0) as i64),
         idempotency_lease: chrono::Duration::seconds(i.inflight_lease_secs as i64),
         dispatcher,
+        bus: bus_config(s, "scriptd")?,
         outbox: OutboxConfig {
             poll_interval: Duration::from_millis(s.outbox.poll_interval_ms),
             lease: Duration::from_secs(s.outbox.lease_secs),
             max_attempts: s.outbox.max_attempts.max(1),
             backoff_base: Duration::from_millis(s.outbox.backoff_base_ms),
             backoff_max: Duration::from_millis(s.outbox.backoff_max_ms),
+            completion_timeout: completion_timeout(s),
         },
         outbox_autorun: s.outbox.autorun,
-    }
+    })
 }
 
 /// Dev auth accepts any token: refuse it on a public address unless asked.
@@ -150,19 +194,26 @@ fn is_loopback(bind: &str) -> bool {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let dispatcher: Option<Arc<dyn Dispatcher>> = settings.outbox.dev_worker.then(|| {
-            Arc::new(DevDispatcher {
-                min_delay: Duration::from_millis(settings.outbox.dev_delay_min_ms),
-                max_delay: Duration::from_millis(settings.outbox.dev_delay_max_ms),
-            }) as Arc<dyn Dispatcher>
-        });
-        Self::build_with_dispatcher(settings, dispatcher).await
+        let dispatcher = match settings.outbox.dispatcher() {
+            DispatcherKind::Dev => Dispatching::InProcess(Arc::new(dev_dispatcher(&settings))),
+            DispatcherKind::Bus => Dispatching::Bus,
+            DispatcherKind::None => Dispatching::None,
+        };
+        Self::build_dispatching(settings, dispatcher).await
     }
 
-    /// `build` with another command dispatcher (or none).
+    /// `build` with another command dispatcher in process (or none).
     pub async fn build_with_dispatcher(
         settings: Settings,
         dispatcher: Option<Arc<dyn Dispatcher>>,
+    ) -> anyhow::Result<Self> {
+        let dispatcher = dispatcher.map_or(Dispatching::None, Dispatching::InProcess);
+        Self::build_dispatching(settings, dispatcher).await
+    }
+
+    async fn build_dispatching(
+        settings: Settings,
+        dispatcher: Dispatching,
     ) -> anyhow::Result<Self> {
         let auth = Authenticator::new(&settings.auth)?;
         check_dev_auth(&settings)?;
@@ -170,9 +221,9 @@ impl Application {
             !settings.database.url.expose_secret().is_empty(),
             "database.url is empty"
         );
-        let services = Services::start(services_config(&settings, dispatcher))
+        let services = Services::start(services_config(&settings, dispatcher)?)
             .await
-            .context("starting the services (applying migrations)")?;
+            .context("starting the services (migrations, bus)")?;
         let listener = TcpListener::bind((settings.http.bind.as_str(), settings.http.port))
             .with_context(|| format!("binding {}:{}", settings.http.bind, settings.http.port))?;
         let port = listener.local_addr()?.port();
@@ -346,6 +397,21 @@ fn spawn_housekeeping(state: State) {
             }
         }
     });
+}
+
+/// `scriptd dev-handler`: the reference handler over the bus, until SIGTERM
+/// or Ctrl-C.
+pub async fn dev_handler(settings: &Settings) -> anyhow::Result<()> {
+    let config = bus_config(settings, "scriptd dev-handler")?
+        .context("scriptd dev-handler needs bus.url (SCRIPTD__BUS__URL)")?;
+    let bus = actors::bus::Bus::connect(config).await?;
+    tokio::select! {
+        result = actors::bus::dev_handler::run(bus, dev_dispatcher(settings)) => result,
+        _ = wait_for_signal() => {
+            tracing::info!("dev-handler stopped");
+            Ok(())
+        }
+    }
 }
 
 /// `scriptd migrate`: apply the pending migrations and return.

@@ -7,6 +7,7 @@
 //! - `store`: all SQL;
 //! - `domain`: parsed newtypes, records, rules, errors.
 
+pub mod bus;
 pub mod domain;
 pub mod hub;
 pub mod keyed;

@@ -146,3 +146,54 @@ impl CommandRequest {
         })
     }
 }
+
+fn error_text(v: &str) -> Result<(), ValidationError> {
+    if v.len() > actors::bus::ERROR_MAX {
+        let mut e = ValidationError::new("length");
+        e.message = Some(format!("must be at most {} bytes", actors::bus::ERROR_MAX).into());
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `POST /commands/:correlationId/complete`: a handler's answer over HTTP.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"event": "Contacts.Upserted.v1", "success": true,
+    "payload": {"contacts": [{"role": "applicant", "contactId": "cnt_1"}]}}))]
+pub struct CompleteRequest {
+    /// The completion event streamed to `/events/stream`.
+    #[validate(custom(function = "command_name"))]
+    #[schema(
+        max_length = 200,
+        pattern = "^[A-Z][A-Za-z0-9]*(\\.[A-Z][A-Za-z0-9]*)+\\.v[0-9]+$"
+    )]
+    pub event: String,
+    /// true: COMPLETED; false: FAILED (no retry).
+    pub success: bool,
+    /// The event's payload, an object; default `{}`.
+    #[validate(custom(function = "json_object"))]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    /// Why it failed (kept as the command's last error), at most 4096 bytes.
+    #[validate(custom(function = "error_text"))]
+    #[schema(max_length = 4096)]
+    pub error: Option<String>,
+}
+
+impl RequestBody for CompleteRequest {}
+
+impl CompleteRequest {
+    pub fn into_report(self) -> core::Report {
+        core::Report {
+            event: Some(self.event),
+            success: self.success,
+            payload: self
+                .payload
+                .unwrap_or_else(|| Value::Object(Default::default())),
+            error: self.error,
+            retry: false,
+            attempt: None,
+        }
+    }
+}

@@ -26,6 +26,8 @@ pub enum TenantScope {
 pub struct Caller {
     pub actor_id: ActorId,
     pub admin: bool,
+    /// May complete commands (the `worker` role; every caller in `dev` mode).
+    pub worker: bool,
     pub tenants: TenantScope,
     /// The bearer token itself (for per-token rate limits); never logged.
     pub token: SecretString,
@@ -41,6 +43,17 @@ impl Caller {
                 Code::Forbidden,
                 format!("the token does not grant tenant {tenant}"),
             )),
+        }
+    }
+
+    pub fn require_worker(&self) -> Result<(), ApiError> {
+        if self.worker || self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Code::Forbidden,
+                "the worker or admin role is required",
+            ))
         }
     }
 
@@ -139,6 +152,7 @@ impl Authenticator {
                 Ok(Caller {
                     actor_id: ActorId::new(c.sub),
                     admin: c.roles.iter().any(|r| r == "admin"),
+                    worker: c.roles.iter().any(|r| r == "worker"),
                     tenants,
                     token: SecretString::from(token.to_string()),
                 })
@@ -158,6 +172,7 @@ impl Authenticator {
         Caller {
             actor_id: ActorId::new(actor),
             admin,
+            worker: true,
             tenants: TenantScope::Any,
             token: SecretString::from(token.to_string()),
         }

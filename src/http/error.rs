@@ -56,6 +56,7 @@ codes! {
     IdempotencyKeyInUse = 409 "IDEMPOTENCY_KEY_IN_USE",
     VersionConflict = 409 "VERSION_CONFLICT",
     CorrelationIdTaken = 409 "CORRELATION_ID_TAKEN",
+    CommandFinal = 409 "COMMAND_FINAL",
     PreconditionFailed = 412 "PRECONDITION_FAILED",
     PayloadTooLarge = 413 "PAYLOAD_TOO_LARGE",
     UnsupportedMediaType = 415 "UNSUPPORTED_MEDIA_TYPE",
@@ -79,6 +80,7 @@ impl From<ErrorCode> for Code {
             ErrorCode::VersionConflict => Code::VersionConflict,
             ErrorCode::CorrelationIdTaken => Code::CorrelationIdTaken,
             ErrorCode::PreconditionFailed => Code::PreconditionFailed,
+            ErrorCode::CommandFinal => Code::CommandFinal,
             ErrorCode::Busy => Code::Unavailable,
         }
     }

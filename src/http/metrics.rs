@@ -4,13 +4,13 @@
 
 use actix_web::http::Method;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use std::sync::atomic::Ordering;
 
-use actors::service::Services;
+use actors::service::{BusState, Services};
 
 pub struct Metrics {
     registry: Registry,
@@ -24,6 +24,84 @@ pub struct Metrics {
     sse_sessions: IntGauge,
     events: IntGauge,
     var_writes: IntGaugeVec,
+    bus: BusMetrics,
+}
+
+/// The bus: connected or not, and its counters since start (set at scrape
+/// time from the core's atomics).
+struct BusMetrics {
+    connected: IntGauge,
+    published: IntCounter,
+    publish_failures: IntCounter,
+    completions: IntCounterVec,
+    timeouts: IntCounter,
+    /// Two scrapes at once must not both add the same difference.
+    refreshing: std::sync::Mutex<()>,
+}
+
+/// A counter brought up to a total counted elsewhere.
+fn catch_up(counter: &IntCounter, total: &std::sync::atomic::AtomicU64) {
+    let (now, seen) = (total.load(Ordering::Relaxed), counter.get());
+    if now > seen {
+        counter.inc_by(now - seen);
+    }
+}
+
+impl BusMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let m = BusMetrics {
+            connected: IntGauge::new(
+                "bus_connected",
+                "1 while connected to NATS (0 also when no bus is configured)",
+            )?,
+            published: IntCounter::new(
+                "bus_commands_published_total",
+                "Commands published to JetStream and acknowledged, since start",
+            )?,
+            publish_failures: IntCounter::new(
+                "bus_publish_failures_total",
+                "Command publishes that failed (the command stayed PENDING), since start",
+            )?,
+            completions: IntCounterVec::new(
+                Opts::new(
+                    "bus_completions_total",
+                    "Completions consumed from the bus by outcome, since start",
+                ),
+                &["outcome"],
+            )?,
+            timeouts: IntCounter::new(
+                "outbox_timeouts_total",
+                "Attempts whose deadline passed without a completion, found by this process",
+            )?,
+            refreshing: std::sync::Mutex::default(),
+        };
+        registry.register(Box::new(m.connected.clone()))?;
+        registry.register(Box::new(m.published.clone()))?;
+        registry.register(Box::new(m.publish_failures.clone()))?;
+        registry.register(Box::new(m.completions.clone()))?;
+        registry.register(Box::new(m.timeouts.clone()))?;
+        Ok(m)
+    }
+
+    fn refresh(&self, services: &Services) {
+        let connected = services.bus_state() == BusState::Connected;
+        self.connected.set(i64::from(connected));
+        let Some(bus) = services.commands.bus() else {
+            return;
+        };
+        let _one = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        let s = bus.stats();
+        catch_up(&self.published, &s.published);
+        catch_up(&self.publish_failures, &s.publish_failures);
+        for (outcome, c) in [
+            ("applied", &s.applied),
+            ("ignored", &s.ignored),
+            ("malformed", &s.malformed),
+        ] {
+            catch_up(&self.completions.with_label_values(&[outcome]), c);
+        }
+        catch_up(&self.timeouts, &s.timeouts);
+    }
 }
 
 impl Metrics {
@@ -88,6 +166,7 @@ impl Metrics {
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(var_writes.clone()))?;
         Ok(Metrics {
+            bus: BusMetrics::new(&registry)?,
             registry,
             requests,
             latency,
@@ -152,6 +231,7 @@ impl Metrics {
                 .with_label_values(&[what])
                 .set(v.load(Ordering::Relaxed) as i64);
         }
+        self.bus.refresh(services);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -6,12 +6,17 @@ use actix_web::{get, post, HttpResponse};
 use actors::domain::Accepted;
 use actors::service::idempotency::Recorded;
 
-use crate::dto::commands::{CommandAccepted, CommandRequest, CommandStatus, CommandView};
+use crate::dto::commands::{
+    CommandAccepted, CommandRequest, CommandStatus, CommandView, CompleteRequest,
+};
 use crate::http::error::{ApiError, ApiResult, Code};
+use crate::http::extract::JsonBody;
 use crate::http::idempotency::{recorded_json, KeyedPost};
 use crate::http::state::Svc;
 use crate::http::tenant::Ctx;
+use crate::http::validation::to_api;
 use crate::settings::AuthMode;
+use validator::Validate;
 
 /// Accept a command into the outbox; its completion arrives on `/events/stream`.
 #[utoipa::path(tag = "commands", params(crate::dto::TenantHeader),
@@ -62,5 +67,32 @@ fn render_accepted(a: &Accepted) -> Recorded {
 pub async fn get_command(ctx: Ctx, path: Path<String>, svc: Svc) -> ApiResult {
     let (correlation_id, tenant) = ctx.target("correlationId", &path)?;
     let c = svc.commands.get(&tenant, correlation_id).await?;
+    Ok(HttpResponse::Ok().json(CommandView::from(c)))
+}
+
+/// Complete a command over HTTP (for handlers that answer that way, whatever
+/// the dispatcher): `success: true` → COMPLETED, `false` → FAILED, with the
+/// given event streamed. Needs the `worker` or `admin` role in `jwt` mode.
+#[utoipa::path(tag = "commands", params(crate::dto::TenantHeader, ("correlationId" = uuid::Uuid, Path, description = "The command's correlation id")),
+    request_body = CompleteRequest,
+    responses(
+        (status = 200, description = "The command, now final", body = CommandView),
+    ))]
+#[post("/commands/{correlationId}/complete")]
+#[tracing::instrument(level = "debug", skip_all, fields(correlation = %path.as_str()))]
+pub async fn complete_command(
+    ctx: Ctx,
+    path: Path<String>,
+    svc: Svc,
+    body: JsonBody<CompleteRequest>,
+) -> ApiResult {
+    ctx.caller.require_worker()?;
+    let (correlation_id, tenant) = ctx.target("correlationId", &path)?;
+    body.value.validate().map_err(to_api)?;
+    let report = body.value.into_report();
+    let c = svc
+        .commands
+        .complete(&tenant, correlation_id, &report)
+        .await?;
     Ok(HttpResponse::Ok().json(CommandView::from(c)))
 }

@@ -27,10 +27,21 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(StatusBody { status: "ok" })
 }
 
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok", "bus": "connected"}))]
+pub struct ReadyBody {
+    /// Always `ok`.
+    pub status: &'static str,
+    /// The NATS connection: `connected`, `disconnected` (commands wait in the
+    /// outbox meanwhile) or `off` (no `bus.url`). Readiness does not depend on it.
+    #[schema(pattern = "^(connected|disconnected|off)$")]
+    pub bus: &'static str,
+}
+
 /// Readiness: 200 when the database answers; 503 when it does not, and from the
-/// moment shutdown begins.
+/// moment shutdown begins. The bus state is shown, not required.
 #[utoipa::path(tag = "operations", responses(
-        (status = 200, description = "Ready to serve", body = StatusBody),
+        (status = 200, description = "Ready to serve", body = ReadyBody),
         (status = 503, description = "Database unreachable or shutting down (`UNAVAILABLE`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait")))
     ))]
@@ -41,7 +52,10 @@ pub async fn readyz(state: State) -> ApiResult {
     }
     let limit = Duration::from_millis(state.settings.database.connect_timeout_ms);
     match tokio::time::timeout(limit, state.services.ping()).await {
-        Ok(Ok(())) => Ok(HttpResponse::Ok().json(StatusBody { status: "ok" })),
+        Ok(Ok(())) => Ok(HttpResponse::Ok().json(ReadyBody {
+            status: "ok",
+            bus: state.services.bus_state().as_str(),
+        })),
         Ok(Err(e)) => Err(ApiError::unavailable(
             anyhow::Error::new(e).context("readiness check"),
         )),

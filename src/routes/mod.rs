@@ -25,6 +25,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(versions::list_audit)
         .service(commands::post_command)
         .service(commands::get_command)
+        .service(commands::complete_command)
         .service(events::stream)
         .service(runs::start_run)
         .service(runs::upsert_vars)

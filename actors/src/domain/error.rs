@@ -19,6 +19,8 @@ pub enum ErrorCode {
     VersionConflict,
     CorrelationIdTaken,
     PreconditionFailed,
+    /// A completion for a command that is already COMPLETED or FAILED.
+    CommandFinal,
     /// A bounded queue is full: retry shortly.
     Busy,
 }

@@ -35,7 +35,7 @@ pub mod page;
 pub mod run;
 pub mod script;
 
-pub use command::{Accepted, Command, CommandStatus, Completed, NewCommand};
+pub use command::{Accepted, Command, CommandStatus, Completed, NewCommand, Report};
 pub use error::{Error, ErrorCode, Result};
 pub use event::{Event, NewEvent};
 pub use ids::{ActorId, CommandName, CorrelationId, Slug, TenantId, VarKey};

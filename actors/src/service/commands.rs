@@ -3,8 +3,13 @@
 
 use uuid::Uuid;
 
-use crate::domain::{Accepted, Command, Error, NewCommand, Result, TenantId};
-use crate::outbox::Outbox;
+use serde_json::json;
+
+use crate::bus::Bus;
+use crate::domain::command::Ignored;
+use crate::domain::{Accepted, Command, Error, ErrorCode, NewCommand, Report, Result, TenantId};
+use crate::outbox::{self, Applied, Outbox, OutboxConfig};
+use crate::store::commands::Target;
 use crate::store::idempotency::Idem;
 use crate::store::{self, commands as sql, Db};
 
@@ -15,6 +20,16 @@ pub use crate::store::commands::OutboxDepth;
 pub struct Commands {
     pub(crate) db: Db,
     pub(crate) outbox: Option<Outbox>,
+    pub(crate) config: OutboxConfig,
+    pub(crate) bus: Option<Bus>,
+}
+
+/// What became of a completion that arrived over the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusOutcome {
+    Applied,
+    /// Acknowledged and ignored: why, for the log.
+    Ignored(&'static str),
 }
 
 impl Commands {
@@ -45,6 +60,67 @@ impl Commands {
         sql::get_by_correlation(&client, tenant.as_str(), correlation_id)
             .await?
             .ok_or_else(|| Error::not_found("command"))
+    }
+
+    /// `POST /commands/:correlationId/complete`: a handler's answer over
+    /// HTTP. Already final: `409 COMMAND_FINAL` and nothing changes.
+    pub async fn complete(
+        &self,
+        tenant: &TenantId,
+        correlation_id: Uuid,
+        report: &Report,
+    ) -> Result<Command> {
+        let target = Target::Correlation(tenant.as_str(), correlation_id);
+        let (command, applied) = self
+            .apply(target, report)
+            .await?
+            .ok_or_else(|| Error::not_found("command"))?;
+        match applied {
+            Applied::Changed(row) => Ok(*row),
+            Applied::Ignored(_) => Err(Error::rejected_with(
+                ErrorCode::CommandFinal,
+                format!("the command is already {}", command.status.as_str()),
+                json!({ "status": command.status.as_str() }),
+            )),
+        }
+    }
+
+    /// A completion from the bus: applied once, or ignored (unknown command,
+    /// another tenant's, already final, or for an attempt no longer current).
+    pub async fn complete_by_id(
+        &self,
+        command_id: Uuid,
+        tenant: &str,
+        report: &Report,
+    ) -> Result<BusOutcome> {
+        let Some((_, applied)) = self.apply(Target::Id(tenant, command_id), report).await? else {
+            return Ok(BusOutcome::Ignored("unknown command, or another tenant's"));
+        };
+        Ok(match applied {
+            Applied::Changed(_) => BusOutcome::Applied,
+            Applied::Ignored(Ignored::Final) => BusOutcome::Ignored("command already final"),
+            Applied::Ignored(Ignored::Stale) => BusOutcome::Ignored("attempt no longer current"),
+        })
+    }
+
+    async fn apply(
+        &self,
+        target: Target<'_>,
+        report: &Report,
+    ) -> Result<Option<(Command, Applied)>> {
+        let mut client = self.db.write().await?;
+        let tx = client.transaction().await?;
+        let Some(command) = sql::lock(&tx, target).await? else {
+            return Ok(None);
+        };
+        let applied = outbox::apply(&tx, &command, report, &self.config, store::now_ms()).await?;
+        tx.commit().await?;
+        Ok(Some((command, applied)))
+    }
+
+    /// The bus, when `[bus]` is configured (its state and counters).
+    pub fn bus(&self) -> Option<&Bus> {
+        self.bus.as_ref()
     }
 
     pub async fn depth(&self) -> Result<OutboxDepth> {

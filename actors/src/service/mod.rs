@@ -20,10 +20,11 @@ pub use idempotency::Idempotency;
 pub use runs::Runs;
 pub use scripts::Scripts;
 
+use crate::bus::{self, Bus, BusConfig};
 use crate::domain::Result;
 use crate::hub::{EventHub, HubStats};
 use crate::keyed::{ActorInfo, KindCounts, Singleton};
-use crate::outbox::{Outbox, OutboxActor, OutboxConfig};
+use crate::outbox::{Dispatch, Outbox, OutboxActor, OutboxConfig};
 use crate::sse::SessionConfig;
 use crate::store::Db;
 use crate::workers::appender::EventPublisher;
@@ -54,11 +55,70 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub idempotency_ttl: chrono::Duration,
     pub idempotency_lease: chrono::Duration,
-    /// The command dispatcher (`None`: commands stay PENDING).
-    pub dispatcher: Option<Arc<dyn Dispatcher>>,
+    /// Who completes commands.
+    pub dispatcher: Dispatching,
+    /// NATS JetStream, when configured.
+    pub bus: Option<BusConfig>,
     pub outbox: OutboxConfig,
     /// Whether this process runs the OutboxActor (else only `poll_once`).
     pub outbox_autorun: bool,
+}
+
+/// Who completes commands.
+#[derive(Clone)]
+pub enum Dispatching {
+    /// Nobody: commands stay PENDING (until completed over HTTP).
+    None,
+    /// A dispatcher in this process (the dev worker, or a test's).
+    InProcess(Arc<dyn Dispatcher>),
+    /// Handlers over the bus (needs `bus`).
+    Bus,
+}
+
+/// Whether the bus is configured and connected (`/readyz`, `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusState {
+    Off,
+    Connected,
+    Disconnected,
+}
+
+impl BusState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusState::Off => "off",
+            BusState::Connected => "connected",
+            BusState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Connects to NATS and creates or checks the streams, before serving.
+async fn connect_bus(config: Option<BusConfig>) -> anyhow::Result<Option<Bus>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let bus = Bus::connect(config).await?;
+    bus.ensure_streams().await?;
+    Ok(Some(bus))
+}
+
+/// The outbox for the chosen dispatcher (`None`: nobody dispatches).
+fn outbox_for(
+    dispatching: Dispatching,
+    bus: &Option<Bus>,
+    db: &Db,
+    config: &OutboxConfig,
+) -> anyhow::Result<Option<Outbox>> {
+    let dispatch = match (dispatching, bus) {
+        (Dispatching::None, _) => return Ok(None),
+        (Dispatching::InProcess(d), _) => Dispatch::InProcess(d),
+        (Dispatching::Bus, Some(bus)) => Dispatch::Bus(bus.clone()),
+        (Dispatching::Bus, None) => {
+            anyhow::bail!("outbox.dispatcher is \"bus\" but bus.url is empty")
+        }
+    };
+    Ok(Some(Outbox::new(db.clone(), dispatch, config.clone())))
 }
 
 /// Every door, cheap to clone.
@@ -92,7 +152,8 @@ impl Services {
                 EventHub::new(db.clone(), buffer, retention, stats.clone(), meta)
             })
         };
-        let outbox = c.dispatcher.map(|d| Outbox::new(db.clone(), d, c.outbox));
+        let bus = connect_bus(c.bus).await?;
+        let outbox = outbox_for(c.dispatcher, &bus, &db, &c.outbox)?;
         let outbox_actor = outbox
             .clone()
             .filter(|_| c.outbox_autorun)
@@ -104,6 +165,17 @@ impl Services {
                 outbox: outbox_actor.clone(),
             },
         ));
+        let commands = Commands {
+            db: db.clone(),
+            outbox,
+            config: c.outbox,
+            bus,
+        };
+        if let Some(bus) = commands.bus.clone() {
+            // Completions are applied whichever dispatcher runs: a handler
+            // may answer a command that reached it some other way.
+            actix::spawn(bus::completions::run(bus, commands.clone()));
+        }
         let publisher = EventPublisher::start(db.clone());
         let writer = VarWriter::start(db.clone(), c.var_write_statements);
         let run_actors = crate::run::actors(
@@ -123,10 +195,7 @@ impl Services {
                 actors: run_actors,
                 writer,
             },
-            commands: Commands {
-                db: db.clone(),
-                outbox,
-            },
+            commands: commands.clone(),
             events: Events {
                 db: db.clone(),
                 hub,
@@ -155,6 +224,14 @@ impl Services {
         s.events.db = db.clone();
         s.db = db;
         s
+    }
+
+    pub fn bus_state(&self) -> BusState {
+        match &self.commands.bus {
+            None => BusState::Off,
+            Some(b) if b.is_connected() => BusState::Connected,
+            Some(_) => BusState::Disconnected,
+        }
     }
 
     /// Is the database answering?

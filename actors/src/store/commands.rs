@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -211,6 +212,138 @@ pub async fn retry_later(
         .execute(&stmt, &[&id, &attempt, &error, &next_attempt_at, &now])
         .await?
         == 1)
+}
+
+/// Which command a completion names, within a tenant: the bus names its
+/// id, HTTP its correlation id.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Id(&'a str, Uuid),
+    Correlation(&'a str, Uuid),
+}
+
+/// Locks one command row for a completion (inside the caller's transaction).
+pub async fn lock(client: &impl GenericClient, target: Target<'_>) -> Result<Option<Command>> {
+    let rows = match target {
+        Target::Id(tenant, id) => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM command_outbox WHERE id = $1 AND tenant_id = $2 FOR UPDATE"
+            );
+            super::all(client, &sql, &[&id, &tenant], command_from).await?
+        }
+        Target::Correlation(tenant, correlation_id) => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM command_outbox WHERE tenant_id = $1 AND correlation_id = $2 \
+                 FOR UPDATE"
+            );
+            super::all(client, &sql, &[&tenant, &correlation_id], command_from).await?
+        }
+    };
+    Ok(rows.into_iter().next())
+}
+
+/// The one row an update of a locked command returns.
+fn updated(mut rows: Vec<Command>) -> Result<Command> {
+    rows.pop()
+        .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("a locked command row vanished")))
+}
+
+/// A locked command's final status and result.
+pub async fn set_final(
+    client: &impl GenericClient,
+    id: Uuid,
+    status: CommandStatus,
+    result: &Completed,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Command> {
+    let sql = format!(
+        "UPDATE command_outbox SET status = $2, result = $3, last_error = $4, lease_until = NULL, \
+           updated_at = $5 WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let result = completed_json(result);
+    let params: [&(dyn ToSql + Sync); 5] = [&id, &status.as_str(), &result, &error, &now];
+    updated(super::all(client, &sql, &params, command_from).await?)
+}
+
+/// A locked command back to PENDING, due again at `next_attempt_at`.
+pub async fn set_retry(
+    client: &impl GenericClient,
+    id: Uuid,
+    error: &str,
+    next_attempt_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Command> {
+    let sql = format!(
+        "UPDATE command_outbox SET status = 'PENDING', lease_until = NULL, last_error = $2, \
+           next_attempt_at = $3, updated_at = $4 WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let params: [&(dyn ToSql + Sync); 4] = [&id, &error, &next_attempt_at, &now];
+    updated(super::all(client, &sql, &params, command_from).await?)
+}
+
+/// Locks up to `limit` due PENDING commands (skipping rows other processes
+/// hold), to be published before the transaction ends.
+pub async fn lock_due(
+    client: &impl GenericClient,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Command>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM command_outbox WHERE status = 'PENDING' AND next_attempt_at <= $1 \
+         ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    );
+    super::all(client, &sql, &[&now, &limit], command_from).await
+}
+
+/// Locks up to `limit` PROCESSING commands whose deadline has passed.
+pub async fn lock_expired(
+    client: &impl GenericClient,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Command>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM command_outbox WHERE status = 'PROCESSING' AND lease_until < $1 \
+         ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED"
+    );
+    super::all(client, &sql, &[&now, &limit], command_from).await
+}
+
+/// Locked commands that JetStream acknowledged: PROCESSING, one more
+/// attempt, answered by `deadline`.
+pub async fn mark_published(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    deadline: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE command_outbox SET status = 'PROCESSING', attempts = attempts + 1, \
+               lease_until = $2, updated_at = $3 WHERE id = ANY($1)",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&ids, &deadline, &now]).await?)
+}
+
+/// Locked commands whose publish failed: still PENDING (not an attempt),
+/// due again at `next_attempt_at`.
+pub async fn defer(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    error: &str,
+    next_attempt_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE command_outbox SET last_error = $2, next_attempt_at = $3, updated_at = $4 \
+             WHERE id = ANY($1)",
+        )
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&ids, &error, &next_attempt_at, &now])
+        .await?)
 }
 
 /// Commands by status, and the age of the oldest PENDING one in seconds.

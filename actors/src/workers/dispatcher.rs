@@ -21,6 +21,16 @@ pub struct DevDispatcher {
 }
 
 impl DevDispatcher {
+    /// A random delay between the two bounds.
+    pub fn delay(&self) -> Duration {
+        let (lo, hi) = (self.min_delay, self.max_delay.max(self.min_delay));
+        if hi > lo {
+            rand::rng().random_range(lo..=hi)
+        } else {
+            lo
+        }
+    }
+
     pub fn completion_for(command: &str) -> Completion {
         match command {
             "Contacts.UpsertAndLink.v1" => Completion {
@@ -39,12 +49,7 @@ impl DevDispatcher {
 
 impl Dispatcher for DevDispatcher {
     fn dispatch(&self, command: &Command) -> BoxFuture<'static, Result<Completion, String>> {
-        let (lo, hi) = (self.min_delay, self.max_delay.max(self.min_delay));
-        let delay = if hi > lo {
-            rand::rng().random_range(lo..=hi)
-        } else {
-            lo
-        };
+        let delay = self.delay();
         let completion = Self::completion_for(&command.command);
         Box::pin(async move {
             if !delay.is_zero() {
