@@ -750,3 +750,127 @@ pub fn jwt_auth(s: &mut Settings, secret: &str) {
     s.auth.mode = scriptd::settings::AuthMode::Jwt;
     s.auth.jwt_secret = secret.to_string().into();
 }
+
+// ---------- NATS ----------
+
+/// A `nats-server` with JetStream for one test, on a free port with its own
+/// store directory; stopped and started again on the same port and store.
+/// The binary is `NATS_SERVER_BIN`, else `nats-server` on the PATH.
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("scriptd-nats-{}", uuid::Uuid::now_v7()));
+        let mut nats = NatsServer {
+            child: None,
+            port,
+            dir,
+        };
+        nats.spawn().await;
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let child = std::process::Command::new(&bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start {bin} (install nats-server, or set NATS_SERVER_BIN): {e}")
+            });
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+    }
+
+    /// Kills the server (SIGKILL: what a crash or a partition looks like).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store (streams and consumers kept).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// A client of this server, and its JetStream context.
+    pub async fn client(&self) -> (async_nats::Client, async_nats::jetstream::Context) {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to NATS");
+        let js = async_nats::jetstream::new(client.clone());
+        (client, js)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Settings for a scriptd that dispatches over the bus at `nats`.
+pub fn bus_settings(s: &mut Settings, nats: &NatsServer) {
+    s.bus.url = SecretString::from(nats.url());
+    s.outbox.dispatcher = Some(scriptd::settings::DispatcherKind::Bus);
+}
+
+/// `scriptd dev-handler` as its own process on `nats`, with no delay.
+pub struct DevHandlerProcess {
+    child: std::process::Child,
+}
+
+impl DevHandlerProcess {
+    pub fn start(nats: &NatsServer) -> DevHandlerProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_scriptd"))
+            .arg("dev-handler")
+            .env("SCRIPTD__BUS__URL", nats.url())
+            .env("SCRIPTD__OUTBOX__DEV_DELAY_MIN_MS", "0")
+            .env("SCRIPTD__OUTBOX__DEV_DELAY_MAX_MS", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start scriptd dev-handler");
+        DevHandlerProcess { child }
+    }
+}
+
+impl Drop for DevHandlerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

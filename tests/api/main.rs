@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod bus;
 mod embedded;
 mod events;
 mod foundation;

@@ -26,6 +26,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/runs/{runId}"),
     ("POST", "/commands"),
     ("GET", "/commands/{correlationId}"),
+    ("POST", "/commands/{correlationId}/complete"),
     ("GET", "/events/stream"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
