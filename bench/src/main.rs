@@ -20,6 +20,8 @@ use scriptd::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod bus;
+
 const TENANT: &str = "bench";
 const GRAPH: &str = r#"{"nodes":[{"id":"n1"}],"edges":[]}"#;
 const SCRIPTS: usize = 1000;
@@ -732,15 +734,25 @@ async fn post_commands(
     total: u64,
     sent: &Mutex<HashMap<String, Instant>>,
 ) -> u64 {
+    post_commands_to(&env.http, &env.base, tenant, total, sent).await
+}
+
+/// `post_commands` to the scriptd at `base`.
+async fn post_commands_to(
+    http: &reqwest::Client,
+    base: &str,
+    tenant: &str,
+    total: u64,
+    sent: &Mutex<HashMap<String, Instant>>,
+) -> u64 {
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut posts = Vec::new();
     for _ in 0..total {
         tick.tick().await;
         let cid = uuid::Uuid::now_v7().to_string();
         let body = json!({ "command": "Contacts.UpsertAndLink.v1", "correlationId": cid, "actor": { "userId": "u" } }).to_string();
-        let req = env
-            .http
-            .post(env.url("/commands"))
+        let req = http
+            .post(format!("{base}/commands"))
             .bearer_auth("bench")
             .header("x-tenant-id", tenant)
             .header("content-type", "application/json")
@@ -1019,9 +1031,10 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     for name in SCENARIOS {
         if want(name) {
-            rows.push(run_scenario(name, &env, &args).await?);
+            rows.extend(run_scenario(name, &env, &args).await?);
         }
     }
+    compare_dispatchers(&mut rows);
     print_report(&args, &rows, idle_rss);
     drop(env);
     let _ = std::fs::remove_dir_all(&dir);
@@ -1029,20 +1042,37 @@ async fn main() -> Result<()> {
 }
 
 /// Every scenario, in the order they run and print.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 11] = [
     "version-hot",
     "version-spread",
     "vars",
     "http-floor",
     "read",
     "command-to-event",
+    "command-full",
+    "command-bus",
     "event-append",
     "audit-depth",
     "sse-fanout",
 ];
 
-async fn run_scenario(name: &str, env: &Env, args: &Args) -> Result<Row> {
-    match name {
+/// The bus at full rate as a share of the in-process dispatcher.
+fn compare_dispatchers(rows: &mut [Row]) {
+    let rate = |rows: &[Row], name: &str| rows.iter().find(|r| r.scenario == name)?.rps;
+    if let (Some(inproc), Some(bus)) = (rate(rows, "command-full"), rate(rows, "command-bus-full"))
+    {
+        if let Some(r) = rows.iter_mut().find(|r| r.scenario == "command-bus-full") {
+            r.note += &format!("; {:.2}× command-full", bus / inproc);
+        }
+    }
+}
+
+async fn run_scenario(name: &str, env: &Env, args: &Args) -> Result<Vec<Row>> {
+    if name == "command-bus" {
+        return bus::command_bus(env, args).await;
+    }
+    let row = match name {
+        "command-full" => bus::command_full(env, args).await,
         "version-hot" => version_hot(env, args).await,
         "version-spread" => version_spread(env, args).await,
         "vars" => vars(env, args).await,
@@ -1053,7 +1083,8 @@ async fn run_scenario(name: &str, env: &Env, args: &Args) -> Result<Row> {
         "audit-depth" => audit_depth(env, args).await,
         "sse-fanout" => sse_fanout(env, args).await,
         other => bail!("unknown scenario {other}"),
-    }
+    }?;
+    Ok(vec![row])
 }
 
 /// One row of a Markdown table.
