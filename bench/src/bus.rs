@@ -170,7 +170,13 @@ async fn post_full_rate(
 
 /// Commands posted at 200/s (`full` false) or at full rate, and the time
 /// until each completion reaches an SSE client of the tenant.
-async fn command_flow(name: &str, t: Target<'_>, args: &Args, full: bool) -> Result<Row> {
+async fn command_flow(
+    name: &str,
+    t: Target<'_>,
+    args: &Args,
+    secs: u64,
+    full: bool,
+) -> Result<Row> {
     let tenant = format!("bench-{name}");
     let res = t
         .http
@@ -180,12 +186,12 @@ async fn command_flow(name: &str, t: Target<'_>, args: &Args, full: bool) -> Res
         .await?;
     let completions = Completions::new()?;
     let reader = completions.read(res);
-    let dur = Duration::from_secs(args.duration);
+    let dur = Duration::from_secs(secs);
     let started = Instant::now();
     let (posted, failed) = if full {
         post_full_rate(&t, &tenant, args.connections, dur, &completions.sent).await
     } else {
-        let total = 200 * args.duration;
+        let total = 200 * secs;
         let failed =
             super::post_commands_to(t.http, t.base, &tenant, total, &completions.sent).await;
         (total, failed)
@@ -219,7 +225,7 @@ pub async fn command_full(env: &Env, args: &Args) -> Result<Row> {
         "command-full: in-process dispatcher, full rate for {}s",
         args.duration
     );
-    command_flow("command-full", Target::of(env), args, true).await
+    command_flow("command-full", Target::of(env), args, args.duration, true).await
 }
 
 /// `command-bus`: through NATS and `dev-handler`, at 200/s then at full rate.
@@ -231,9 +237,28 @@ pub async fn command_bus(env: &Env, args: &Args) -> Result<Vec<Row>> {
         base: &bus.base,
         pid: bus.scriptd.id(),
     };
+    // The handler finds the streams and its consumer; connections warm up.
+    eprintln!(
+        "command-bus: warming up at 200/s for {}s",
+        args.warmup.max(1)
+    );
+    let warm = command_flow(
+        "command-bus-warmup",
+        target(),
+        args,
+        args.warmup.max(1),
+        false,
+    )
+    .await?;
+    if warm.rps.unwrap_or(0.0) == 0.0 {
+        bail!(
+            "command-bus: no completion arrived during the warm-up: {}",
+            warm.note
+        );
+    }
     eprintln!("command-bus: 200 commands/s for {}s", args.duration);
-    let fixed = command_flow("command-bus", target(), args, false).await?;
+    let fixed = command_flow("command-bus", target(), args, args.duration, false).await?;
     eprintln!("command-bus-full: full rate for {}s", args.duration);
-    let full = command_flow("command-bus-full", target(), args, true).await?;
+    let full = command_flow("command-bus-full", target(), args, args.duration, true).await?;
     Ok(vec![fixed, full])
 }
