@@ -245,6 +245,34 @@ mod tests {
         assert_eq!(s.outbox.dev_delay_max_ms, 2000);
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert!(s.database.url.expose_secret().is_empty());
+        assert!(s.bus.url.expose_secret().is_empty());
+        assert_eq!(
+            (s.bus.subject_prefix.as_str(), s.bus.stream_prefix.as_str()),
+            ("scriptd", "SCRIPTD")
+        );
+        assert_eq!(s.bus.replicas, 1);
+        assert_eq!(s.outbox.completion_timeout_secs, 300.0);
+        assert_eq!(s.outbox.dispatcher(), DispatcherKind::Dev);
+    }
+
+    #[test]
+    fn the_dispatcher_wins_over_dev_worker() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(None, env(pairs)).unwrap().outbox;
+        let off = load(&[("SCRIPTD__OUTBOX__DEV_WORKER", "false")]);
+        assert_eq!(off.dispatcher(), DispatcherKind::None);
+        for (value, want) in [
+            ("bus", DispatcherKind::Bus),
+            ("dev", DispatcherKind::Dev),
+            ("none", DispatcherKind::None),
+        ] {
+            let o = load(&[
+                ("SCRIPTD__OUTBOX__DEV_WORKER", "false"),
+                ("SCRIPTD__OUTBOX__DISPATCHER", value),
+            ]);
+            assert_eq!(o.dispatcher(), want, "{value}");
+        }
+        let bad = Settings::load(None, env(&[("SCRIPTD__OUTBOX__DISPATCHER", "kafka")]));
+        assert!(bad.is_err());
     }
 
     #[test]
