@@ -133,12 +133,17 @@ impl TestHandler {
 
 /// The bus counters of `/metrics` (process-wide totals of this app).
 async fn bus_metrics(app: &TestApp) -> HashMap<String, f64> {
-    let text = app
-        .admin_get("/metrics")
-        .await
-        .text()
-        .await
-        .expect("metrics");
+    bus_counters(
+        &app.admin_get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics"),
+    )
+}
+
+/// The bus and timeout lines of a `/metrics` text, without `scriptd_`.
+fn bus_counters(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| l.starts_with("scriptd_bus_") || l.starts_with("scriptd_outbox_timeouts"))
         .filter_map(|l| {
@@ -397,21 +402,8 @@ async fn two_processes_complete_2000_commands_each_exactly_once() {
 }
 
 async fn process_metrics(client: &reqwest::Client, p: &ServerProcess) -> HashMap<String, f64> {
-    let text = send(client.get(p.url("/metrics")).bearer_auth(ADMIN))
-        .await
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("scriptd_bus_"))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((
-                k.trim_start_matches("scriptd_").to_string(),
-                v.parse().ok()?,
-            ))
-        })
-        .collect()
+    let res = send(client.get(p.url("/metrics")).bearer_auth(ADMIN)).await;
+    bus_counters(&res.text().await.expect("metrics"))
 }
 
 #[actix_web::test]
