@@ -113,6 +113,90 @@ pub async fn apply(
     }
 }
 
+/// What became of one report of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    Applied,
+    /// No such command in that tenant.
+    Unknown,
+    Ignored(Ignored),
+}
+
+/// One report of a batch: the command it names, in its tenant.
+pub struct Addressed<'a> {
+    pub command_id: uuid::Uuid,
+    pub tenant: &'a str,
+    pub report: &'a Report,
+}
+
+/// Applies many reports in the caller's transaction with a fixed number of
+/// statements: one lock of every row named, then the retries, the final
+/// rows and their events, each in one statement. Reports are decided in
+/// order against the state the earlier ones left (a duplicate after a final
+/// outcome is ignored). Outcomes come back in the order given.
+pub async fn apply_many(
+    tx: &impl GenericClient,
+    reports: &[Addressed<'_>],
+    config: &OutboxConfig,
+    now: DateTime<Utc>,
+) -> Result<Vec<BatchOutcome>> {
+    let ids: Vec<uuid::Uuid> = reports.iter().map(|r| r.command_id).collect();
+    let mut rows: std::collections::HashMap<uuid::Uuid, Command> = sql::lock_many(tx, &ids)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let mut outcomes = Vec::with_capacity(reports.len());
+    let (mut finals, mut retries, mut events_out) = (Vec::new(), Vec::new(), Vec::new());
+    for r in reports {
+        let Some(command) = rows
+            .get_mut(&r.command_id)
+            .filter(|c| c.tenant_id == r.tenant)
+        else {
+            outcomes.push(BatchOutcome::Unknown);
+            continue;
+        };
+        outcomes.push(match decide(command, r.report, config.max_attempts) {
+            Outcome::Ignore(why) => BatchOutcome::Ignored(why),
+            Outcome::Finish {
+                status,
+                completion,
+                error,
+            } => {
+                let event = event_of(command, completion);
+                command.status = status;
+                let result = Completed {
+                    event: event.clone(),
+                    occurred_at: now,
+                };
+                finals.push((command.id, status, result, error));
+                events_out.push(event);
+                BatchOutcome::Applied
+            }
+            Outcome::Retry { error, attempt } => {
+                command.status = CommandStatus::Pending;
+                let next = after(now, backoff(config, attempt.max(1) as u32));
+                retries.push((command.id, error, next));
+                BatchOutcome::Applied
+            }
+        });
+    }
+    // A command retried, then completed in the same batch: the final row last.
+    sql::set_retry_many(tx, &retries, now).await?;
+    let finals: Vec<sql::FinalRow> = finals
+        .iter()
+        .map(|(id, status, result, error)| sql::FinalRow {
+            id: *id,
+            status: *status,
+            result,
+            error: error.as_deref(),
+        })
+        .collect();
+    sql::set_final_many(tx, &finals, now).await?;
+    events::append(tx, &events_out, now).await?;
+    Ok(outcomes)
+}
+
 fn event_of(command: &Command, completion: Completion) -> NewEvent {
     NewEvent {
         tenant_id: command.tenant_id.clone(),

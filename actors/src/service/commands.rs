@@ -5,10 +5,10 @@ use uuid::Uuid;
 
 use serde_json::json;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, CompletionMessage};
 use crate::domain::command::Ignored;
 use crate::domain::{Accepted, Command, Error, ErrorCode, NewCommand, Report, Result, TenantId};
-use crate::outbox::{self, Applied, Outbox, OutboxConfig};
+use crate::outbox::{self, Addressed, Applied, BatchOutcome, Outbox, OutboxConfig};
 use crate::store::commands::Target;
 use crate::store::idempotency::Idem;
 use crate::store::{self, commands as sql, Db};
@@ -85,22 +85,39 @@ impl Commands {
         }
     }
 
-    /// A completion from the bus: applied once, or ignored (unknown command,
-    /// another tenant's, already final, or for an attempt no longer current).
-    pub async fn complete_by_id(
-        &self,
-        command_id: Uuid,
-        tenant: &str,
-        report: &Report,
-    ) -> Result<BusOutcome> {
-        let Some((_, applied)) = self.apply(Target::Id(tenant, command_id), report).await? else {
-            return Ok(BusOutcome::Ignored("unknown command, or another tenant's"));
-        };
-        Ok(match applied {
-            Applied::Changed(_) => BusOutcome::Applied,
-            Applied::Ignored(Ignored::Final) => BusOutcome::Ignored("command already final"),
-            Applied::Ignored(Ignored::Stale) => BusOutcome::Ignored("attempt no longer current"),
-        })
+    /// Completions from the bus, applied in one transaction (one commit and a
+    /// fixed number of statements for the batch; rows locked in id order, so
+    /// that concurrent batches cannot deadlock). Each is applied once, or ignored (unknown command, another
+    /// tenant's, already final, or for an attempt no longer current). The
+    /// outcomes come back in the order given.
+    pub async fn complete_batch(&self, batch: &[&CompletionMessage]) -> Result<Vec<BusOutcome>> {
+        let reports: Vec<Addressed> = batch
+            .iter()
+            .map(|c| Addressed {
+                command_id: c.command_id,
+                tenant: &c.tenant_id,
+                report: &c.report,
+            })
+            .collect();
+        let mut client = self.db.write().await?;
+        let tx = client.transaction().await?;
+        let outcomes = outbox::apply_many(&tx, &reports, &self.config, store::now_ms()).await?;
+        tx.commit().await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                BatchOutcome::Applied => BusOutcome::Applied,
+                BatchOutcome::Unknown => {
+                    BusOutcome::Ignored("unknown command, or another tenant's")
+                }
+                BatchOutcome::Ignored(Ignored::Final) => {
+                    BusOutcome::Ignored("command already final")
+                }
+                BatchOutcome::Ignored(Ignored::Stale) => {
+                    BusOutcome::Ignored("attempt no longer current")
+                }
+            })
+            .collect())
     }
 
     async fn apply(

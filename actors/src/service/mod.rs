@@ -172,9 +172,10 @@ impl Services {
             bus,
         };
         if let Some(bus) = commands.bus.clone() {
-            // Completions are applied whichever dispatcher runs: a handler
-            // may answer a command that reached it some other way.
-            actix::spawn(bus::completions::run(bus, commands.clone()));
+            // Whichever dispatcher runs: a handler may answer a command that
+            // reached it some other way. A quarter of the write pool at most.
+            let concurrency = (c.pool_size / 4).clamp(1, 64);
+            actix::spawn(bus::completions::run(bus, commands.clone(), concurrency));
         }
         let publisher = EventPublisher::start(db.clone());
         let writer = VarWriter::start(db.clone(), c.var_write_statements);

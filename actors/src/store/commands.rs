@@ -282,6 +282,73 @@ pub async fn set_retry(
     updated(super::all(client, &sql, &params, command_from).await?)
 }
 
+/// Locks the commands among `ids` (in id order, so that two batches cannot
+/// deadlock) for a batch of completions.
+pub async fn lock_many(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<Command>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM command_outbox WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    super::all(client, &sql, &[&ids], command_from).await
+}
+
+/// A final status for a locked command (`set_final_many`).
+pub struct FinalRow<'a> {
+    pub id: Uuid,
+    pub status: CommandStatus,
+    pub result: &'a Completed,
+    pub error: Option<&'a str>,
+}
+
+/// Locked commands' final statuses and results, in one statement.
+pub async fn set_final_many(
+    client: &impl GenericClient,
+    rows: &[FinalRow<'_>],
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    let results: Vec<Value> = rows.iter().map(|r| completed_json(r.result)).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error).collect();
+    let stmt = client
+        .prepare_cached(
+            "UPDATE command_outbox o SET status = u.status, result = u.result, \
+               last_error = u.error, lease_until = NULL, updated_at = $5 \
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[]) AS u(id, status, result, error) \
+             WHERE o.id = u.id",
+        )
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&ids, &statuses, &results, &errors, &now])
+        .await?)
+}
+
+/// Locked commands back to PENDING, each due again at its own time.
+pub async fn set_retry_many(
+    client: &impl GenericClient,
+    rows: &[(Uuid, String, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let errors: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let nexts: Vec<DateTime<Utc>> = rows.iter().map(|r| r.2).collect();
+    let stmt = client
+        .prepare_cached(
+            "UPDATE command_outbox o SET status = 'PENDING', lease_until = NULL, \
+               last_error = u.error, next_attempt_at = u.next, updated_at = $4 \
+             FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, error, next) \
+             WHERE o.id = u.id",
+        )
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&ids, &errors, &nexts, &now])
+        .await?)
+}
+
 /// Locks up to `limit` due PENDING commands (skipping rows other processes
 /// hold), to be published before the transaction ends.
 pub async fn lock_due(
