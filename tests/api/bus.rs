@@ -172,7 +172,7 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
 
 #[actix_web::test]
 async fn a_command_reaches_a_handler_and_its_completion_the_stream() {
-    let nats = NatsServer::start().await;
+    let mut nats = NatsServer::start().await;
     let app = spawn_app_with(|s| bus_settings(s, &nats)).await;
     let mut handler = TestHandler::new(&nats).await;
     let ready = app.get_json("/readyz", 200).await;
@@ -260,6 +260,36 @@ async fn a_command_reaches_a_handler_and_its_completion_the_stream() {
     assert_eq!(m["bus_completions_total{outcome=\"malformed\"}"], 0.0);
     assert_eq!(m["outbox_timeouts_total"], 0.0);
     assert_eq!(count(&app, "SELECT count(*) FROM events").await, 1);
+
+    // Each state in turn: PENDING while NATS is away, PROCESSING once
+    // published, COMPLETED once answered.
+    drop(handler);
+    nats.stop();
+    eventually(WAIT, || async {
+        (app.get_json("/readyz", 200).await["bus"] == "disconnected").then_some(())
+    })
+    .await;
+    let (cid, id) = post_command(&app).await;
+    let c = status_of(&app, &cid).await;
+    assert_eq!(
+        (&c["status"], &c["attempts"]),
+        (&json!("PENDING"), &json!(0))
+    );
+    nats.restart().await;
+    let mut handler = TestHandler::new(&nats).await;
+    let got = handler.next().await;
+    assert_eq!(got.msg_id, format!("{id}.1"));
+    let c = wait_status(&app, &cid, "PROCESSING").await;
+    assert_eq!(c["attempts"], 1);
+    handler
+        .complete(
+            &got.body,
+            json!({"event": "Contacts.Upserted.v1", "success": true}),
+        )
+        .await;
+    wait_status(&app, &cid, "COMPLETED").await;
+    handler.expect_none(Duration::from_millis(300)).await;
+    assert_eq!(count(&app, "SELECT count(*) FROM events").await, 2);
 }
 
 #[actix_web::test]

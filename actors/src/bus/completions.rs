@@ -17,8 +17,11 @@ use crate::service::commands::{BusOutcome, Commands};
 pub const CONSUMER: &str = "completions";
 /// Completions applied in one transaction at most.
 const BATCH: usize = 256;
-/// Redelivery of a completion not acknowledged in this time.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Redelivery of a completion not acknowledged in this time. Short: a
+/// completion that JetStream handed to a process killed before it could ack
+/// (its pull request outlives it on the server) waits this long. A batch that
+/// takes longer is redelivered and then ignored as final, which is harmless.
+const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs for as long as the process: consumes, and after any failure of the
 /// stream (NATS away, consumer deleted) starts again a second later. At most

@@ -36,7 +36,8 @@ async fn consume(bus: &Bus, dev: &DevDispatcher) -> anyhow::Result<()> {
     let config = pull::Config {
         durable_name: Some(CONSUMER.into()),
         ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        // A command handed to a killed dev-handler comes back this soon.
+        ack_wait: Duration::from_secs(10),
         max_ack_pending: 8192,
         ..Default::default()
     };
