@@ -350,8 +350,11 @@ fn keyed_parts(op: &mut utoipa::openapi::path::Operation) {
         )));
 }
 
-/// Builds the document by registering every route on a throwaway app.
-pub fn document() -> OpenApi {
+mod refine;
+
+/// The operations as the handlers annotate them, registered on a throwaway
+/// app (the route table reads its paths and methods from it).
+pub fn collected() -> OpenApi {
     use utoipa::OpenApi as _;
     let (_, paths) = App::new()
         .into_utoipa_app()
@@ -364,8 +367,14 @@ pub fn document() -> OpenApi {
     doc
 }
 
+/// The document served at `/openapi.json`: the collected operations with
+/// the rules of `refine` applied.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(collected()).unwrap_or_default();
+    refine::refine(&mut doc);
+    doc
+}
+
 pub fn document_json() -> String {
-    document()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    serde_json::to_string_pretty(&document()).unwrap_or_default()
 }
