@@ -14,7 +14,7 @@ use utoipa_actix_web::AppExt;
 #[openapi(
     info(
         title = "scriptd",
-        description = "Backend of a conversational-script editor: scripts with immutable numbered versions, publishing and rollback, an audit trail, runs with typed variables, a command outbox and a live event stream.",
+        description = "Backend of a conversational-script editor: scripts with immutable numbered versions, publishing and rollback, an audit trail, runs with typed variables, a command outbox and a live event stream.\n\nEvery operation accepts an optional `Correlation-Id` request header (1..128 characters of `[A-Za-z0-9._:-]`), logged on the request's span and echoed as the response header of the same name (a new UUID when absent). It is listed as a parameter where no other parameter has the same name.",
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -301,6 +301,33 @@ fn header(description: &str, schema: Value) -> Value {
     json!({ "description": description, "schema": schema })
 }
 
+/// A header parameter whose name, without case and punctuation, is that of
+/// a path or query parameter of the same operation (`Correlation-Id` and
+/// `correlationId`, `Last-Event-ID` and `lastEventId`) makes generators
+/// rename both (`correlation_id_path`, `correlation_id_header`). The header
+/// still works (the info and the parameter descriptions say so); it is just
+/// not listed twice.
+fn drop_colliding_headers(op: &mut Value) {
+    let norm = |v: &Value| {
+        v["name"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let Some(Value::Array(params)) = op.get_mut("parameters") else {
+        return;
+    };
+    let others: Vec<String> = params
+        .iter()
+        .filter(|p| p["in"] != "header")
+        .map(norm)
+        .collect();
+    params.retain(|p| p["in"] != "header" || !others.contains(&norm(p)));
+}
+
 /// Parameters, bodies, security and response headers of one operation.
 fn refine_operation(path: &str, method: &str, op: &mut Value) {
     if let Some(Value::Array(params)) = op.get_mut("parameters") {
@@ -315,6 +342,7 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
             }
         }
     }
+    drop_colliding_headers(op);
     if path.ends_with("/publish") {
         op["requestBody"]["required"] = json!(false);
     }

@@ -29,7 +29,9 @@ pub struct StreamQuery {
     #[serde(rename = "access_token")]
     #[param(rename = "access_token")]
     pub access_token: Option<String>,
-    /// Alternative to the `Last-Event-ID` header: replay the events after this id.
+    /// Replay the events after this id, then continue live. The
+    /// `Last-Event-ID` header (what EventSource sends on reconnect) says the
+    /// same and wins when both are present.
     pub last_event_id: Option<String>,
 }
 
