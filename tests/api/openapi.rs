@@ -278,14 +278,24 @@ async fn the_reference_page_is_served_offline_without_auth() {
     assert_eq!(res.headers()["location"], "/docs/");
     let res = send(app.raw(Method::GET, "/docs/")).await;
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let page = res.text().await.unwrap();
     // Every asset is relative: served by scriptd, nothing from elsewhere.
     assert!(page.contains("./swagger-ui-bundle.js"), "{page}");
-    assert!(!page.contains("http://") && !page.contains("https://"), "{page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
     let init = send(app.raw(Method::GET, "/docs/swagger-initializer.js")).await;
     assert_eq!(init.status(), 200);
-    assert!(init.text().await.unwrap().contains("\"url\": \"/openapi.json\""));
+    assert!(init
+        .text()
+        .await
+        .unwrap()
+        .contains("\"url\": \"/openapi.json\""));
     let bundle = send(app.raw(Method::GET, "/docs/swagger-ui-bundle.js")).await;
     assert_eq!(bundle.status(), 200);
     assert!(bundle.bytes().await.unwrap().len() > 100_000);
