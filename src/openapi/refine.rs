@@ -124,7 +124,7 @@ fn retype_properties(schemas: &mut Value) {
             if let Some(j) = props.get_mut("jsonVal") {
                 *j = if name == "VarItem" {
                     json!({ "description": "Any JSON value but null (an object, a list, a string, a number, a boolean).",
-                        "not": { "type": "null" } })
+                        "type": ["object", "array", "string", "number", "boolean"] })
                 } else {
                     json!({ "description": "The value of a `json` variable (any JSON value); null for the other types." })
                 };
@@ -229,7 +229,11 @@ fn require_response_fields(doc: &mut Value) {
     let Some(Value::Object(all)) = doc.pointer_mut("/components/schemas") else {
         return;
     };
-    for name in out.iter().filter(|n| !inp.contains(n)) {
+    // ErrorDetails: its members depend on the code.
+    for name in out
+        .iter()
+        .filter(|n| !inp.contains(n) && *n != "ErrorDetails")
+    {
         if let Some(schema) = all.get_mut(name.as_str()) {
             require_all(schema, name == "ErrorBody");
         }
