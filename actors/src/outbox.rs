@@ -95,18 +95,14 @@ pub async fn apply(
             completion,
             error,
         } => {
-            let event = event_of(command, completion);
-            let result = Completed {
-                event: event.clone(),
-                occurred_at: now,
-            };
+            let (event, result) = completed(command, completion, now);
             let row =
                 sql::set_final(tx, command.id, status, &result, error.as_deref(), now).await?;
             events::append(tx, &[event], now).await?;
             Ok(Applied::Changed(Box::new(row)))
         }
         Outcome::Retry { error, attempt } => {
-            let next = after(now, backoff(config, attempt.max(1) as u32));
+            let next = retry_at(config, attempt, now);
             let row = sql::set_retry(tx, command.id, &error, next, now).await?;
             Ok(Applied::Changed(Box::new(row)))
         }
@@ -163,19 +159,15 @@ pub async fn apply_many(
                 completion,
                 error,
             } => {
-                let event = event_of(command, completion);
+                let (event, result) = completed(command, completion, now);
                 command.status = status;
-                let result = Completed {
-                    event: event.clone(),
-                    occurred_at: now,
-                };
                 finals.push((command.id, status, result, error));
                 events_out.push(event);
                 BatchOutcome::Applied
             }
             Outcome::Retry { error, attempt } => {
                 command.status = CommandStatus::Pending;
-                let next = after(now, backoff(config, attempt.max(1) as u32));
+                let next = retry_at(config, attempt, now);
                 retries.push((command.id, error, next));
                 BatchOutcome::Applied
             }
@@ -195,6 +187,25 @@ pub async fn apply_many(
     sql::set_final_many(tx, &finals, now).await?;
     events::append(tx, &events_out, now).await?;
     Ok(outcomes)
+}
+
+/// When a retried attempt is due again.
+fn retry_at(config: &OutboxConfig, attempt: i32, now: DateTime<Utc>) -> DateTime<Utc> {
+    after(now, backoff(config, attempt.max(1) as u32))
+}
+
+/// A command's completion event, and the result its row keeps.
+fn completed(
+    command: &Command,
+    completion: Completion,
+    now: DateTime<Utc>,
+) -> (NewEvent, Completed) {
+    let event = event_of(command, completion);
+    let result = Completed {
+        event: event.clone(),
+        occurred_at: now,
+    };
+    (event, result)
 }
 
 fn event_of(command: &Command, completion: Completion) -> NewEvent {
@@ -286,11 +297,7 @@ impl Outbox {
         error: Option<&str>,
     ) -> Result<()> {
         let now = store::now_ms();
-        let event = event_of(command, completion);
-        let result = Completed {
-            event: event.clone(),
-            occurred_at: now,
-        };
+        let (event, result) = completed(command, completion, now);
         let mut client = self.db.write().await?;
         let tx = client.transaction().await?;
         let attempt = command.attempts;
