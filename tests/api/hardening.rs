@@ -529,3 +529,51 @@ async fn head_is_answered_like_get_without_a_body() {
     let res = app.req(Method::HEAD, "/commands").send().await.unwrap();
     assert_eq!(res.status(), 405);
 }
+
+// ---------- every JSON number written reads back ----------
+
+/// f64::MAX and its neighbours, stored in jsonb (which prints numbers in full,
+/// 309 digits for f64::MAX), must parse back: the fuzzer found a command whose
+/// payload did not, which failed every read of it with a 500 and stopped the
+/// dev worker on that row.
+#[actix_web::test]
+async fn extreme_json_numbers_read_back_as_written() {
+    let app = spawn_app().await;
+    let numbers = json!([
+        f64::MAX,
+        -f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        1e300,
+        0.1,
+        i64::MAX,
+        u64::MAX
+    ]);
+    // A command: the outbox reads the row back to complete it.
+    let cid = uuid::Uuid::now_v7().to_string();
+    let body = json!({ "command": "Numbers.Check.v1", "correlationId": cid,
+        "actor": { "userId": "u" }, "payload": { "n": numbers }, "context": { "n": numbers } });
+    app.post_json("/commands", &body, 202).await;
+    let done = eventually(Duration::from_secs(10), || async {
+        let c = app.get_json(&format!("/commands/{cid}"), 200).await;
+        (c["status"] == "COMPLETED").then_some(c)
+    })
+    .await;
+    assert_eq!(done["result"]["success"], true);
+    // A version's graph and a run variable.
+    let id = script_id(&app, "numbers").await;
+    let graph = json!({ "nodes": [{ "id": "n1", "n": numbers }], "edges": [] });
+    let path = format!("/scripts/{id}/versions");
+    app.post_json(&path, &json!({ "graphJson": graph }), 201)
+        .await;
+    let v = app.get_json(&format!("{path}/1"), 200).await;
+    assert_eq!(v["graphJson"], graph);
+    publish_version(&app, &id, 1).await;
+    let run = start_run(&app, &id).await;
+    let items = json!([{ "key": "n", "jsonVal": numbers }, { "key": "m", "numVal": f64::MAX }]);
+    json_of(upsert(&app, &run, items).await, 200).await;
+    let r = app.get_json(&format!("/runs/{run}"), 200).await;
+    assert_eq!(strings(&r["vars"], "key"), ["m", "n"]);
+    assert_eq!(r["vars"][0]["numVal"], json!(f64::MAX));
+    assert_eq!(r["vars"][1]["jsonVal"], numbers);
+}
