@@ -138,12 +138,8 @@ fn check_dev_auth(settings: &Settings) -> anyhow::Result<()> {
 /// The HTTP server: per worker, the services with their own read pool, CORS,
 /// the middleware and the routes.
 fn http_server(state: State, listener: TcpListener) -> anyhow::Result<Server> {
-    let doc = crate::openapi::document();
-    let routes = web::Data::new(RouteTable::from_openapi(&doc));
-    let openapi = web::Data::new(OpenApiJson(
-        doc.to_pretty_json()
-            .context("serializing the OpenAPI document")?,
-    ));
+    let routes = web::Data::new(RouteTable::from_openapi(&crate::openapi::collected()));
+    let openapi = web::Data::new(OpenApiJson(crate::openapi::document_json()));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let shutdown_timeout = state.settings.http.shutdown_timeout_secs;
     let app_state = state.clone();
@@ -171,7 +167,9 @@ fn http_server(state: State, listener: TcpListener) -> anyhow::Result<Server> {
             .configure(crate::routes::configure)
             .default_service(web::to(not_found))
             .map(|app| {
-                app.wrap(from_fn(rate_limit))
+                app.service(reference_page())
+                    .service(web::redirect("/docs", "/docs/"))
+                    .wrap(from_fn(rate_limit))
                     .wrap(Condition::new(!origins.is_empty(), cors))
                     .wrap(from_fn(request_context))
             })
@@ -183,6 +181,13 @@ fn http_server(state: State, listener: TcpListener) -> anyhow::Result<Server> {
     .shutdown_timeout(shutdown_timeout)
     .run();
     Ok(server)
+}
+
+/// `GET /docs/`: Swagger UI on `/openapi.json`, its assets embedded in the
+/// binary (served by scriptd, works offline).
+fn reference_page() -> utoipa_swagger_ui::SwaggerUi {
+    utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+        .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true))
 }
 
 fn is_loopback(bind: &str) -> bool {

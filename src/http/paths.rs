@@ -5,9 +5,13 @@
 pub const PUBLIC: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 
 /// Whether `path` is exempt from rate limits: the public routes, the
-/// metrics and the admin routes.
+/// reference page, the metrics and the admin routes.
 pub fn is_unlimited(path: &str) -> bool {
-    PUBLIC.contains(&path) || path == "/metrics" || path.starts_with("/admin/")
+    PUBLIC.contains(&path)
+        || path == "/docs"
+        || path.starts_with("/docs/")
+        || path == "/metrics"
+        || path.starts_with("/admin/")
 }
 
 /// Routes that honour `Idempotency-Key` (path pattern, method): every POST

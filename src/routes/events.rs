@@ -3,8 +3,6 @@
 //! live feed, pings, slow readers) is the core's; this route resolves the
 //! request and frames events.
 
-use std::time::Duration;
-
 use actix_web::{get, HttpRequest};
 use actix_web_lab::sse;
 use actors::domain::CorrelationId;
@@ -31,7 +29,9 @@ pub struct StreamQuery {
     #[serde(rename = "access_token")]
     #[param(rename = "access_token")]
     pub access_token: Option<String>,
-    /// Alternative to the `Last-Event-ID` header: replay the events after this id.
+    /// Replay the events after this id, then continue live. The
+    /// `Last-Event-ID` header (what EventSource sends on reconnect) says the
+    /// same and wins when both are present.
     pub last_event_id: Option<String>,
 }
 
@@ -90,5 +90,8 @@ pub async fn stream(
         last_event_id: parse_last_event_id(&req, &query)?,
     };
     let frames = svc.events.stream(filter, SseFrames).await?;
-    Ok(sse::Sse::from_infallible_stream(frames).with_retry_duration(Duration::from_secs(2)))
+    // No `retry:` block: actix-web-lab sends it as a block of its own, which
+    // some clients (httpx-sse) surface as an empty message; clients keep
+    // their default reconnection delay.
+    Ok(sse::Sse::from_infallible_stream(frames))
 }

@@ -91,10 +91,7 @@ async fn the_document_the_source_and_the_contract_list_the_same_routes() {
     );
     assert_eq!(documented, contract, "the document and the contract differ");
     // The same as `scriptd openapi`.
-    assert_eq!(
-        doc,
-        serde_json::to_value(scriptd::openapi::document()).unwrap()
-    );
+    assert_eq!(doc, scriptd::openapi::document());
 }
 
 #[actix_web::test]
@@ -129,14 +126,14 @@ async fn every_documented_route_is_served() {
 
 #[actix_web::test]
 async fn the_document_describes_auth_headers_errors_and_the_stream() {
-    let doc = serde_json::to_value(scriptd::openapi::document()).unwrap();
+    let doc = scriptd::openapi::document();
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
     assert_eq!(
         doc["paths"]["/healthz"]["get"]["security"],
-        serde_json::json!([{}])
+        serde_json::json!([])
     );
     let stream = &doc["paths"]["/events/stream"]["get"];
     assert!(stream["responses"]["200"]["content"]["text/event-stream"].is_object());
@@ -165,4 +162,142 @@ async fn the_document_describes_auth_headers_errors_and_the_stream() {
         .iter()
         .any(|p| p["name"] == "If-Match"));
     assert!(doc["components"]["schemas"]["ErrorBody"]["example"].is_object());
+}
+
+/// The rules generated clients depend on (openapi-typescript renders an
+/// object without members as `Record<string, never>`; optional response
+/// fields become `T | undefined`; inlined page items become one type per page).
+#[actix_web::test]
+async fn the_document_types_what_clients_generate_from() {
+    use serde_json::json;
+    let doc = scriptd::openapi::document();
+    let s = &doc["components"]["schemas"];
+    assert_eq!(
+        s["CreateVersionRequest"]["properties"]["graphJson"]["$ref"],
+        "#/components/schemas/Graph"
+    );
+    assert_eq!(
+        s["Version"]["properties"]["graphJson"]["$ref"],
+        "#/components/schemas/Graph"
+    );
+    assert_eq!(s["Graph"]["required"], json!(["nodes", "edges"]));
+    for (schema, field) in [
+        ("CommandRequest", "payload"),
+        ("CommandRequest", "context"),
+        ("EventData", "payload"),
+        ("Version", "variablesDef"),
+    ] {
+        assert_eq!(
+            s[schema]["properties"][field]["additionalProperties"], true,
+            "{schema}.{field}"
+        );
+    }
+    assert_eq!(
+        s["VarItem"]["properties"]["jsonVal"]["not"],
+        json!({"type": "null"})
+    );
+    assert!(s["VarItem"]["properties"]["jsonVal"].get("type").is_none());
+    for (page, item) in [
+        ("Page_Script", "Script"),
+        ("Page_VersionSummary", "VersionSummary"),
+        ("Page_AuditEntry", "AuditEntry"),
+        ("Page_Run", "Run"),
+    ] {
+        assert_eq!(
+            s[page]["properties"]["items"]["items"]["$ref"],
+            format!("#/components/schemas/{item}")
+        );
+        assert_eq!(s[page]["required"], json!(["items", "nextCursor"]));
+    }
+    let required = |name: &str| s[name]["required"].as_array().unwrap().clone();
+    for f in ["boolVal", "jsonVal", "numVal", "strVal", "key", "updatedAt"] {
+        assert!(
+            required("RunVariable").contains(&json!(f)),
+            "RunVariable.{f}"
+        );
+    }
+    assert!(required("EventData").contains(&json!("correlationId")));
+    assert!(required("CommandView").contains(&json!("result")));
+    assert_eq!(
+        s["ScriptView"]["allOf"][1]["required"],
+        json!(["activeVersion"])
+    );
+    assert_eq!(required("ErrorBody"), vec![json!("code"), json!("message")]);
+    assert_eq!(
+        s["FinishRequest"]["properties"]["status"]["enum"],
+        json!(["SUCCEEDED", "FAILED", "CANCELLED"])
+    );
+    assert!(s["ErrorBody"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("COMMAND_FINAL")));
+    let publish = &doc["paths"]["/scripts/{id}/versions/{version}/publish"]["post"];
+    assert_eq!(publish["requestBody"]["required"], false);
+    let list = &doc["paths"]["/scripts"]["get"];
+    for p in list["parameters"].as_array().unwrap() {
+        if p["in"] == "header" {
+            assert_eq!(p["schema"]["type"], "string", "{p}");
+        }
+        if p["name"] == "limit" {
+            assert_eq!(
+                (&p["schema"]["minimum"], &p["schema"]["maximum"]),
+                (&json!(1), &json!(200))
+            );
+        }
+    }
+    let post = &doc["paths"]["/commands"]["post"]["responses"];
+    for h in ["Correlation-Id", "Idempotency-TTL", "Idempotent-Replayed"] {
+        assert!(post["202"]["headers"][h].is_object(), "{h}");
+    }
+    assert!(post["401"]["headers"]["WWW-Authenticate"].is_object());
+    assert!(doc["servers"][0]["url"].is_string());
+    let stream = doc["paths"]["/events/stream"]["get"]["description"]
+        .as_str()
+        .unwrap();
+    for name in [
+        "Run.Started.v1",
+        "Command.Failed.v1",
+        "ping",
+        "reset",
+        "EventData",
+        "SseControl",
+    ] {
+        assert!(stream.contains(name), "{name}");
+    }
+}
+
+#[actix_web::test]
+async fn the_reference_page_is_served_offline_without_auth() {
+    let app = spawn_app().await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = send(no_redirects.get(app.url("/docs"))).await;
+    assert_eq!(res.status(), 307);
+    assert_eq!(res.headers()["location"], "/docs/");
+    let res = send(app.raw(Method::GET, "/docs/")).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = res.text().await.unwrap();
+    // Every asset is relative: served by scriptd, nothing from elsewhere.
+    assert!(page.contains("./swagger-ui-bundle.js"), "{page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    let init = send(app.raw(Method::GET, "/docs/swagger-initializer.js")).await;
+    assert_eq!(init.status(), 200);
+    assert!(init
+        .text()
+        .await
+        .unwrap()
+        .contains("\"url\": \"/openapi.json\""));
+    let bundle = send(app.raw(Method::GET, "/docs/swagger-ui-bundle.js")).await;
+    assert_eq!(bundle.status(), 200);
+    assert!(bundle.bytes().await.unwrap().len() > 100_000);
+    send_err(app.raw(Method::GET, "/docs/nope.js"), 404, "NOT_FOUND").await;
 }

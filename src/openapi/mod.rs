@@ -14,7 +14,7 @@ use utoipa_actix_web::AppExt;
 #[openapi(
     info(
         title = "scriptd",
-        description = "Backend of a conversational-script editor: scripts with immutable numbered versions, publishing and rollback, an audit trail, runs with typed variables, a command outbox and a live event stream.",
+        description = "Backend of a conversational-script editor: scripts with immutable numbered versions, publishing and rollback, an audit trail, runs with typed variables, a command outbox and a live event stream.\n\nEvery operation accepts an optional `Correlation-Id` request header (1..128 characters of `[A-Za-z0-9._:-]`), logged on the request's span and echoed as the response header of the same name (a new UUID when absent). It is listed as a parameter where no other parameter has the same name.",
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -350,8 +350,11 @@ fn keyed_parts(op: &mut utoipa::openapi::path::Operation) {
         )));
 }
 
-/// Builds the document by registering every route on a throwaway app.
-pub fn document() -> OpenApi {
+mod refine;
+
+/// The operations as the handlers annotate them, registered on a throwaway
+/// app (the route table reads its paths and methods from it).
+pub fn collected() -> OpenApi {
     use utoipa::OpenApi as _;
     let (_, paths) = App::new()
         .into_utoipa_app()
@@ -364,8 +367,14 @@ pub fn document() -> OpenApi {
     doc
 }
 
+/// The document served at `/openapi.json`: the collected operations with
+/// the rules of `refine` applied.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(collected()).unwrap_or_default();
+    refine::refine(&mut doc);
+    doc
+}
+
 pub fn document_json() -> String {
-    document()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    serde_json::to_string_pretty(&document()).unwrap_or_default()
 }
