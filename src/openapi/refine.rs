@@ -124,7 +124,7 @@ fn retype_properties(schemas: &mut Value) {
             if let Some(j) = props.get_mut("jsonVal") {
                 *j = if name == "VarItem" {
                     json!({ "description": "Any JSON value but null (an object, a list, a string, a number, a boolean).",
-                        "type": ["object", "array", "string", "number", "boolean"] })
+                        "not": { "type": "null" } })
                 } else {
                     json!({ "description": "The value of a `json` variable (any JSON value); null for the other types." })
                 };
