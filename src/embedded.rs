@@ -2,9 +2,19 @@
 //! cluster from the machine's own `initdb`/`pg_ctl`, in `embedded.data_dir`,
 //! listening only on a unix socket in a short directory under /tmp (socket
 //! paths are limited to 107 bytes). As root, PostgreSQL runs as the `postgres`
-//! OS user. The cluster is stopped when the `EmbeddedPostgres` is dropped.
+//! OS user.
+//!
+//! Several scriptd processes may share one data directory (the simplest way to
+//! try several processes on one machine). The first starts the cluster; the
+//! others find it running and use it as clients. Each holds a shared `flock`
+//! on `<data_dir>.users.lock` for as long as it runs (the kernel drops it when
+//! the process dies, even by kill -9), and starts and stops are serialized by
+//! an exclusive `flock` on `<data_dir>.start.lock`. On exit a process stops the
+//! cluster only when no other scriptd still uses it (the last one out stops
+//! it); a postmaster left by a crashed run, which nobody uses, is restarted.
 
 use std::ffi::CString;
+use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -69,7 +79,8 @@ impl EmbeddedOptions {
     }
 }
 
-/// A running private cluster. Dropping it stops the cluster.
+/// A running private cluster, used by this process. Dropping it stops the
+/// cluster unless another scriptd process still uses it.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
@@ -77,6 +88,51 @@ pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     run_as: Option<Account>,
     stopped: AtomicBool,
+    /// Held shared for the life of this process (see the module docs).
+    users: File,
+    start_lock: PathBuf,
+    /// Whether this process started the postmaster (false: it joined one).
+    started: bool,
+}
+
+/// The two lock files beside the data directory: (start, users).
+fn lock_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let with = |suffix: &str| {
+        let mut p = data_dir.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    (with(".start.lock"), with(".users.lock"))
+}
+
+fn open_lock(path: &Path) -> Result<File, EmbeddedError> {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+/// The exclusive start/stop lock, held while the guard lives.
+fn start_guard(path: &Path) -> Result<File, EmbeddedError> {
+    let file = open_lock(path)?;
+    file.lock().map_err(io_err(path))?;
+    Ok(file)
+}
+
+/// Whether no other process holds the users lock (taken exclusively, then
+/// released again; callers hold the start lock, so nobody joins meanwhile).
+fn nobody_else_uses(users: &File, path: &Path) -> Result<bool, EmbeddedError> {
+    match users.try_lock() {
+        Ok(()) => {
+            users.unlock().map_err(io_err(path))?;
+            Ok(true)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(path)(e)),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +157,23 @@ fn account(name: &str) -> Option<Account> {
                 uid: (*pw).pw_uid,
                 gid: (*pw).pw_gid,
             })
+        }
+    }
+}
+
+/// The name of the effective user (its uid when it has no name).
+pub fn current_user() -> String {
+    // SAFETY: geteuid has no preconditions; getpwuid returns static storage or
+    // null, and the name is copied out at once.
+    unsafe {
+        let uid = libc::geteuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            uid.to_string()
+        } else {
+            std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned()
         }
     }
 }
@@ -147,6 +220,15 @@ pub fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, EmbeddedError> {
         .ok_or(EmbeddedError::BinariesMissing)
 }
 
+/// The connection string that a cluster on `data_dir` (absolute, as
+/// canonicalized) has, whether it runs yet or not.
+pub fn connection_string_for(data_dir: &Path, dbname: &str) -> String {
+    format!(
+        "host={} port={SOCKET_PORT} user=postgres dbname={dbname}",
+        socket_dir_for(data_dir).display()
+    )
+}
+
 /// A short socket directory under /tmp, unique per data directory.
 fn socket_dir_for(data_dir: &Path) -> PathBuf {
     let mut h = DefaultHasher::new();
@@ -155,9 +237,9 @@ fn socket_dir_for(data_dir: &Path) -> PathBuf {
 }
 
 impl EmbeddedPostgres {
-    /// Initializes the cluster on first use, recovers from a crashed previous
-    /// run, and starts it. Blocking; call before the async runtime starts or
-    /// from a blocking thread.
+    /// Initializes the cluster on first use, joins one that another scriptd
+    /// process runs, or recovers from a crashed previous run and starts it.
+    /// Blocking; call before the async runtime starts or from a blocking thread.
     pub fn start(opts: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
         let bin_dir = find_bin_dir(opts.bin_dir.as_deref())?;
         std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
@@ -176,32 +258,69 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        let socket_dir = socket_dir_for(&data_dir);
-        let pg = EmbeddedPostgres {
+        let (start_lock, users_path) = lock_paths(&data_dir);
+        let _guard = start_guard(&start_lock)?;
+        let users = open_lock(&users_path)?;
+        let mut pg = EmbeddedPostgres {
+            socket_dir: socket_dir_for(&data_dir),
             bin_dir,
             data_dir,
-            socket_dir,
             run_as,
             stopped: AtomicBool::new(true),
+            users,
+            start_lock,
+            started: false,
         };
-        pg.prepare_dirs()?;
-        if !pg.data_dir.join("PG_VERSION").is_file() {
-            pg.initdb()?;
+        let running = pg.pid().is_some_and(process_is_postgres);
+        if running && !nobody_else_uses(&pg.users, &users_path)? {
+            tracing::info!(
+                data_dir = %pg.data_dir.display(),
+                "the embedded PostgreSQL is run by another scriptd process; using it as a client"
+            );
         } else {
-            pg.recover_stale_run()?;
+            pg.prepare_dirs()?;
+            if !pg.data_dir.join("PG_VERSION").is_file() {
+                pg.initdb()?;
+            } else {
+                pg.recover_stale_run()?;
+            }
+            pg.started = true;
+            if let Err(e) = pg.pg_ctl_start(&opts.server_settings) {
+                // A postmaster that came up too late for pg_ctl is stopped too.
+                if pg.pid().is_some_and(process_is_postgres) {
+                    let _ = pg.pg_ctl_stop("fast");
+                }
+                return Err(e);
+            }
         }
+        pg.users.lock_shared().map_err(io_err(&users_path))?;
+        // Only now does dropping `pg` leave the cluster (after `_guard` is released).
         pg.stopped.store(false, Ordering::SeqCst);
-        // From here a failure still stops the cluster: `pg` is dropped on return.
-        pg.pg_ctl_start(&opts.server_settings)?;
         Ok(pg)
+    }
+
+    /// Whether this process started the cluster (false: it joined another
+    /// scriptd's).
+    pub fn started_here(&self) -> bool {
+        self.started
+    }
+
+    /// The data directory (absolute).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The OS user PostgreSQL runs as.
+    pub fn os_user(&self) -> String {
+        match &self.run_as {
+            Some(acct) => acct.name.clone(),
+            None => current_user(),
+        }
     }
 
     /// Connection string for database `dbname` (key=value form, unix socket).
     pub fn connection_string(&self, dbname: &str) -> String {
-        format!(
-            "host={} port={SOCKET_PORT} user=postgres dbname={dbname}",
-            self.socket_dir.display()
-        )
+        connection_string_for(&self.data_dir, dbname)
     }
 
     /// The postmaster's pid, from `postmaster.pid`.
@@ -304,7 +423,7 @@ impl EmbeddedPostgres {
             return Ok(());
         };
         if process_is_postgres(pid) {
-            tracing::warn!(pid, "a PostgreSQL from an earlier run is still up on this data directory; restarting it");
+            tracing::warn!(pid, "a PostgreSQL left by a crashed earlier run (no scriptd uses it) is still up; restarting it");
             self.pg_ctl_stop("fast")?;
         } else {
             tracing::warn!(
@@ -363,10 +482,21 @@ impl EmbeddedPostgres {
         self.run("pg_ctl stop", cmd).map(|_| ())
     }
 
-    /// Stops the cluster (fast shutdown: sessions are disconnected, data is safe).
-    /// Idempotent.
+    /// Leaves the cluster: stops it (fast shutdown: sessions are disconnected,
+    /// data is safe) unless another scriptd process still uses it. Idempotent.
     pub fn stop(&self) -> Result<(), EmbeddedError> {
         if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _guard = start_guard(&self.start_lock)?;
+        let (_, users_path) = lock_paths(&self.data_dir);
+        self.users.unlock().map_err(io_err(&users_path))?;
+        if !nobody_else_uses(&self.users, &users_path)? {
+            tracing::info!(
+                started_here = self.started,
+                "leaving the embedded PostgreSQL running: another scriptd process still uses it \
+                 (the last one to exit stops it)"
+            );
             return Ok(());
         }
         if self.pid().is_none() {

@@ -40,6 +40,7 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
+    pub startup_wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +172,86 @@ pub enum SettingsError {
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(#[from] config::ConfigError),
+    /// Keys or sections that no setting has (a typo, most likely), each with
+    /// where it came from and the closest known name.
+    #[error("{}", .0.join("\n"))]
+    Unknown(Vec<String>),
+}
+
+/// Keys that exist but are not set in `config/default.toml`.
+const OPTIONAL_KEYS: &[&str] = &["outbox.dispatcher"];
+
+/// Every known `section.key`, from the compiled-in defaults.
+fn known_keys() -> Vec<String> {
+    type Sections = HashMap<String, HashMap<String, serde_json::Value>>;
+    let defaults: Sections = config::Config::builder()
+        .add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap_or_default();
+    let mut keys: Vec<String> = OPTIONAL_KEYS.iter().map(|k| k.to_string()).collect();
+    for (section, table) in defaults {
+        keys.extend(table.into_keys().map(|k| format!("{section}.{k}")));
+    }
+    keys.sort();
+    keys
+}
+
+/// The known name closest to `name`, if any is close enough to be a typo.
+fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score >= 0.75)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn env_name(key: &str) -> String {
+    format!("SCRIPTD__{}", key.to_uppercase().replace('.', "__"))
+}
+
+/// One line for an unknown key (`section.key`) or section (`section`).
+fn describe_unknown(path: &str, env: &HashMap<String, String>, file: Option<&Path>) -> String {
+    let var = env_name(path);
+    let from_env = env.keys().find(|k| {
+        let k = k.to_uppercase();
+        k == var || k.starts_with(&format!("{var}__"))
+    });
+    let origin = match (from_env, file) {
+        (Some(var), _) => format!("environment variable {var}"),
+        (None, Some(f)) => format!("config file {}", f.display()),
+        (None, None) => "configuration".to_string(),
+    };
+    let known = known_keys();
+    let (kind, suggestion) = match path.split_once('.') {
+        Some((section, key)) => {
+            let in_section = known
+                .iter()
+                .filter_map(|k| k.strip_prefix(section)?.strip_prefix('.'));
+            let near = closest(key, in_section)
+                .map(|k| format!("{section}.{k}"))
+                .or_else(|| closest(path, known.iter().map(String::as_str)).map(str::to_string));
+            ("key", near)
+        }
+        None => {
+            let mut sections: Vec<&str> =
+                known.iter().filter_map(|k| k.split('.').next()).collect();
+            sections.dedup();
+            (
+                "section",
+                closest(path, sections.into_iter()).map(str::to_string),
+            )
+        }
+    };
+    let hint = match (&suggestion, from_env) {
+        (Some(s), Some(_)) => format!("; did you mean `{s}` ({})?", env_name(s)),
+        (Some(s), None) => format!("; did you mean `{s}`?"),
+        (None, _) => "; config/default.toml lists every key".to_string(),
+    };
+    format!("unknown configuration {kind} `{path}` ({origin}){hint}")
 }
 
 /// Keys whose environment value is a comma-separated list.
@@ -213,11 +294,22 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .source(Some(scoped));
+            .source(Some(scoped.clone()));
         for key in LIST_KEYS {
             environment = environment.with_list_parse_key(key);
         }
-        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        let merged = builder.add_source(environment).build()?;
+        let mut unknown = Vec::new();
+        let settings: Settings =
+            serde_ignored::deserialize(merged, |path| unknown.push(path.to_string()))?;
+        if !unknown.is_empty() {
+            unknown.sort();
+            let lines = unknown
+                .iter()
+                .map(|path| describe_unknown(path, &scoped, file))
+                .collect();
+            return Err(SettingsError::Unknown(lines));
+        }
         Ok(settings)
     }
 }
@@ -312,5 +404,53 @@ mod tests {
     fn secrets_do_not_print() {
         let s = Settings::load(None, env(&[("SCRIPTD__AUTH__JWT_SECRET", "topsecret")])).unwrap();
         assert!(!format!("{s:?}").contains("topsecret"));
+    }
+
+    fn unknown(file: Option<&Path>, vars: &[(&str, &str)]) -> Vec<String> {
+        match Settings::load(file, env(vars)) {
+            Err(SettingsError::Unknown(lines)) => lines,
+            other => panic!("expected unknown keys, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_in_a_file_name_the_closest_known_one() {
+        let dir = std::env::temp_dir().join(format!("scriptd-typo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("typo.toml");
+        std::fs::write(
+            &file,
+            "[http]\nprot = 9090\n[htpp]\nport = 1\n[zzz]\nq = 1\n",
+        )
+        .unwrap();
+        let f = file.display();
+        assert_eq!(
+            unknown(Some(&file), &[]),
+            [
+                format!("unknown configuration section `htpp` (config file {f}); did you mean `http`?"),
+                format!("unknown configuration key `http.prot` (config file {f}); did you mean `http.port`?"),
+                format!("unknown configuration section `zzz` (config file {f}); config/default.toml lists every key"),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn unknown_environment_variables_name_the_closest_known_one() {
+        assert_eq!(
+            unknown(None, &[("SCRIPTD__HTTP__PROT", "9090")]),
+            ["unknown configuration key `http.prot` (environment variable SCRIPTD__HTTP__PROT); \
+              did you mean `http.port` (SCRIPTD__HTTP__PORT)?"]
+        );
+        assert_eq!(
+            unknown(None, &[("SCRIPTD__HTPP__PORT", "9090")]),
+            [
+                "unknown configuration section `htpp` (environment variable SCRIPTD__HTPP__PORT); \
+              did you mean `http` (SCRIPTD__HTTP)?"
+            ]
+        );
+        // Every documented key, including the optional one, is known.
+        let ok = Settings::load(None, env(&[("SCRIPTD__OUTBOX__DISPATCHER", "none")])).unwrap();
+        assert_eq!(ok.outbox.dispatcher, Some(DispatcherKind::None));
     }
 }

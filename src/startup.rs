@@ -94,6 +94,7 @@ fn services_config(s: &Settings, dispatcher: Dispatching) -> anyhow::Result<Serv
         database_url: s.database.url.expose_secret().to_string(),
         pool_size: s.database.pool_size,
         connect_timeout: Duration::from_millis(s.database.connect_timeout_ms),
+        startup_wait: Duration::from_secs(s.database.startup_wait_secs),
         read_pool_size: (s.database.pool_size / workers).max(2),
         actor_idle: Duration::from_secs(s.actors.idle_secs),
         run_queue_max: s.actors.run_queue_max,
@@ -276,7 +277,6 @@ impl Application {
         let stopper = self.stopper();
         actix_web::rt::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutdown signal received");
             stopper.stop().await;
         });
     }
@@ -301,20 +301,33 @@ impl Stopper {
     }
 }
 
+/// SIGTERM, SIGINT (Ctrl-C) or SIGHUP (the terminal closed): each stops
+/// scriptd gracefully, and with it the embedded PostgreSQL.
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+    ];
+    let mut streams = Vec::new();
+    for kind in kinds {
+        match signal(kind) {
+            Ok(s) => streams.push((kind, s)),
+            Err(e) => {
+                tracing::error!(error = %e, signal = kind.as_raw_value(), "cannot listen for a signal")
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
     }
+    if streams.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let any = futures::future::select_all(streams.iter_mut().map(|(_, s)| Box::pin(s.recv())));
+    let (_, index, _) = any.await;
+    tracing::info!(
+        signal = streams[index].0.as_raw_value(),
+        "shutdown signal received"
+    );
 }
 
 /// Every route's path pattern and its methods, taken from the OpenAPI document
@@ -424,6 +437,7 @@ pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     actors::service::migrate(
         settings.database.url.expose_secret(),
         Duration::from_millis(settings.database.connect_timeout_ms),
+        Duration::from_secs(settings.database.startup_wait_secs),
     )
     .await
     .context("applying migrations")?;

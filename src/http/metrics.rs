@@ -104,6 +104,22 @@ impl BusMetrics {
     }
 }
 
+/// `scriptd_build_info{version, commit} 1`.
+fn register_build_info(registry: &Registry) -> anyhow::Result<()> {
+    let build = IntGaugeVec::new(
+        Opts::new(
+            "build_info",
+            "The build: always 1, labelled with version and commit",
+        ),
+        &["version", "commit"],
+    )?;
+    build
+        .with_label_values(&[crate::VERSION, crate::GIT_COMMIT])
+        .set(1);
+    registry.register(Box::new(build))?;
+    Ok(())
+}
+
 impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("scriptd".into()), None)?;
@@ -165,6 +181,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(var_writes.clone()))?;
+        register_build_info(&registry)?;
         Ok(Metrics {
             bus: BusMetrics::new(&registry)?,
             registry,

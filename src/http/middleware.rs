@@ -88,7 +88,8 @@ pub async fn request_context(
                 .metrics
                 .observe(route.unwrap_or("unmatched"), &method, status, secs);
         }
-        span.in_scope(|| tracing::info!(status, latency_ms = secs * 1000.0, "request finished"))
+        let latency_ms = round_ms(secs);
+        span.in_scope(|| tracing::info!(status, latency_ms, "request finished"))
     };
 
     if invalid {
@@ -142,6 +143,11 @@ pub async fn request_context(
             Err(err.into())
         }
     }
+}
+
+/// Seconds as milliseconds rounded to 0.01 ms.
+fn round_ms(secs: f64) -> f64 {
+    (secs * 100_000.0).round() / 100.0
 }
 
 /// What a handler's panic said.

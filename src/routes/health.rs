@@ -13,18 +13,26 @@ use crate::http::state::State;
 pub struct OpenApiJson(pub String);
 
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({"status": "ok"}))]
+#[schema(example = json!({"status": "ok", "version": "0.1.0", "commit": "1a2b3c4d5e6f"}))]
 pub struct StatusBody {
     /// Always `ok`.
     pub status: &'static str,
+    /// The scriptd version.
+    pub version: &'static str,
+    /// The git commit it was built from (`unknown` when built outside a checkout).
+    pub commit: &'static str,
 }
 
-/// Liveness: 200 while the process runs.
+/// Liveness: 200 while the process runs, with the build.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "The process is running", body = StatusBody))
 )]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(StatusBody { status: "ok" })
+    HttpResponse::Ok().json(StatusBody {
+        status: "ok",
+        version: crate::VERSION,
+        commit: crate::GIT_COMMIT,
+    })
 }
 
 #[derive(Serialize, ToSchema)]

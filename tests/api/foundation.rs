@@ -11,7 +11,11 @@ use crate::helpers::*;
 async fn healthz_answers_ok_without_auth() {
     let app = spawn_app().await;
     let res = send(app.raw(Method::GET, "/healthz")).await;
-    assert_eq!(json_of(res, 200).await, serde_json::json!({"status": "ok"}));
+    assert_eq!(
+        json_of(res, 200).await,
+        serde_json::json!({"status": "ok", "version": scriptd::VERSION, "commit": scriptd::GIT_COMMIT})
+    );
+    assert_eq!(scriptd::GIT_COMMIT.len(), 12, "{}", scriptd::GIT_COMMIT);
 }
 
 #[actix_web::test]

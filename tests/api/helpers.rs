@@ -110,9 +110,13 @@ fn cluster() -> &'static TestCluster {
                     .batch_execute(&format!("CREATE DATABASE {tpl}"))
                     .await
                     .expect("create the template database");
-                actors::service::migrate(&with_dbname(&maintenance, &tpl), Duration::from_secs(10))
-                    .await
-                    .expect("migrate the template");
+                actors::service::migrate(
+                    &with_dbname(&maintenance, &tpl),
+                    Duration::from_secs(10),
+                    Duration::ZERO,
+                )
+                .await
+                .expect("migrate the template");
             });
         })
         .join()

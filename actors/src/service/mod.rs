@@ -26,18 +26,29 @@ use crate::hub::{EventHub, HubStats};
 use crate::keyed::{ActorInfo, KindCounts, Singleton};
 use crate::outbox::{Dispatch, Outbox, OutboxActor, OutboxConfig};
 use crate::sse::SessionConfig;
-use crate::store::Db;
+use crate::store::{cluster, Db};
 use crate::workers::appender::EventPublisher;
 use crate::workers::dispatcher::Dispatcher;
 use crate::workers::listener;
 use crate::workers::var_writer::VarWriter;
 
 /// `scriptd migrate`: applies the pending migrations and returns.
-pub async fn migrate(database_url: &str, connect_timeout: Duration) -> anyhow::Result<()> {
+pub async fn migrate(
+    database_url: &str,
+    connect_timeout: Duration,
+    startup_wait: Duration,
+) -> anyhow::Result<()> {
+    cluster::wait_until_reachable(database_url, startup_wait, connect_timeout).await?;
     Db::connect(database_url, 1, 1, connect_timeout)?
         .migrate()
         .await?;
     Ok(())
+}
+
+/// Where a database url points (host, port, database, user; never the
+/// password), for log lines and errors.
+pub fn describe_database(url: &str) -> String {
+    cluster::describe_target(url)
 }
 
 /// What the services are started with.
@@ -45,6 +56,8 @@ pub struct Config {
     pub database_url: String,
     pub pool_size: usize,
     pub connect_timeout: Duration,
+    /// How long to wait at start for an unreachable database.
+    pub startup_wait: Duration,
     /// Connections of each HTTP worker's read pool.
     pub read_pool_size: usize,
     pub actor_idle: Duration,
@@ -137,6 +150,7 @@ impl Services {
     /// Connects, applies the migrations, starts the actors and the LISTEN
     /// connection. Call it on the actix system that will run them.
     pub async fn start(c: Config) -> anyhow::Result<Self> {
+        cluster::wait_until_reachable(&c.database_url, c.startup_wait, c.connect_timeout).await?;
         let db = Db::connect(
             &c.database_url,
             c.pool_size,

@@ -26,6 +26,10 @@ mod embedded_migrations {
     refinery::embed_migrations!("../migrations");
 }
 
+/// The session advisory lock held while migrating (any constant unlike the
+/// events append's).
+const MIGRATION_LOCK: i64 = 8_315_187_138_866_869_001;
+
 /// Now, truncated to milliseconds: what is stored is what is read back.
 pub fn now_ms() -> DateTime<Utc> {
     truncate_ms(Utc::now())
@@ -111,12 +115,23 @@ impl Db {
     /// Applies the pending refinery migrations.
     pub async fn migrate(&self) -> Result<()> {
         let mut client = self.write().await?;
+        // Processes starting together on one database migrate one at a time.
+        client
+            .batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await?;
         let report = embedded_migrations::migrations::runner()
             .run_async(&mut **client)
-            .await
+            .await;
+        client
+            .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .await?;
+        let report = report
             .map_err(|e| Error::Unexpected(anyhow::Error::new(e).context("running migrations")))?;
         for m in report.applied_migrations() {
             tracing::info!(migration = %m, "applied migration");
+        }
+        if report.applied_migrations().is_empty() {
+            tracing::info!("database schema up to date");
         }
         Ok(())
     }
@@ -171,10 +186,24 @@ impl From<tokio_postgres::Error> for Error {
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        match err {
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => Error::Unavailable(other.into()),
-        }
+        use deadpool_postgres::{PoolError, TimeoutType};
+        // deadpool's own wording ("Timeout occurred while creating a new
+        // object") means nothing to whoever reads the log.
+        let why = match err {
+            PoolError::Backend(e) => return e.into(),
+            PoolError::Timeout(TimeoutType::Wait) => {
+                "no database connection became free within database.connect_timeout_ms (every pooled connection is busy)"
+            }
+            PoolError::Timeout(TimeoutType::Create) => {
+                "connecting to PostgreSQL took longer than database.connect_timeout_ms"
+            }
+            PoolError::Timeout(TimeoutType::Recycle) => {
+                "checking a pooled database connection took longer than database.connect_timeout_ms"
+            }
+            PoolError::Closed => "the database connection pool is closed (shutting down)",
+            _ => "the database connection pool failed",
+        };
+        Error::Unavailable(anyhow::anyhow!(why))
     }
 }
 
