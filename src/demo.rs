@@ -6,7 +6,7 @@
 
 use actors::domain::{
     ActorId, CommandName, ErrorCode, NewCommand, NewRun, NewScript, NewVersion, PublishRequest,
-    RunStatus, Slug, TenantId, VarKey, VarUpsert, VarValue, VersionRequest,
+    RunStatus, Slug, TenantId, VarKey, VarUpsert, VarValue, VersionContent, VersionRequest,
 };
 use actors::service::Services;
 use anyhow::Context;
@@ -70,11 +70,14 @@ pub async fn seed(services: &Services) -> anyhow::Result<bool> {
             tenant: tenant.clone(),
             actor: actor.clone(),
             new: NewVersion {
-                graph_json: graph(v),
-                variables_def: Some(json!({ "name": "string", "email": "string" })),
+                content: VersionContent::Given {
+                    graph_json: graph(v),
+                    variables_def: Some(json!({ "name": "string", "email": "string" })),
+                },
                 changelog: Some(format!("sample version {v}")),
                 note: None,
                 base_version: None,
+                merge: false,
             },
         };
         services

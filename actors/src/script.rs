@@ -4,6 +4,7 @@
 //! the row under its lock (which serializes writers across processes too)
 //! and writes the audit row with the change.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -12,10 +13,11 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::domain::history;
 use crate::domain::script::{archived, check_base, check_patch, patch_action};
 use crate::domain::{
-    AuditAction, Error, PatchRequest, PublishRequest, Result, Script, ScriptStatus, ScriptView,
-    TenantId, Version, VersionRequest,
+    AuditAction, Error, ErrorCode, NewVersion, PatchRequest, PublishRequest, Result, Script,
+    ScriptStatus, ScriptView, TenantId, Version, VersionContent, VersionRequest,
 };
 use crate::keyed::{self, KeyedActor, Loading, Queue};
 use crate::store::idempotency::Idem;
@@ -117,59 +119,137 @@ async fn commit_versions(db: Db, id: Uuid, batch: Vec<(CreateVersion, Reply<Vers
 }
 
 /// The versions a group creates: each request checked against the locked
-/// row and the numbers handed out before it.
-struct Planned<'a> {
+/// row and the numbers handed out before it, with its content resolved
+/// (given, restored or merged) and its audit note.
+struct Planned {
     outcomes: Vec<Result<Version>>,
-    rows: Vec<sql::VersionRow<'a>>,
-    audits: Vec<sql::AuditRow<'a>>,
+    audits: Vec<Option<serde_json::Value>>,
     latest: i32,
 }
 
-fn plan_versions<'a>(
+/// A version's graph and variables.
+type Content = (serde_json::Value, Option<serde_json::Value>);
+
+/// The stored versions a group needs (restore sources, merge bases and the
+/// latest version as "theirs"), loaded once under the row lock.
+fn sources(script: &Script, requests: &[CreateVersion]) -> Vec<i32> {
+    let mut wanted = Vec::new();
+    for CreateVersion { req, .. } in requests {
+        if let VersionContent::Restore(n) = req.new.content {
+            wanted.push(n);
+        }
+        if let (true, Some(base)) = (req.new.merge, req.new.base_version) {
+            wanted.extend([base, script.latest_version]);
+        }
+    }
+    wanted.retain(|n| (1..=script.latest_version).contains(n));
+    wanted.sort_unstable();
+    wanted.dedup();
+    wanted
+}
+
+impl Planned {
+    /// Version `n`'s content: stored, or planned earlier in this group.
+    fn content_of(&self, stored: &HashMap<i32, Content>, n: i32) -> Option<Content> {
+        if let Some(c) = stored.get(&n) {
+            return Some(c.clone());
+        }
+        self.outcomes
+            .iter()
+            .flatten()
+            .find(|v| v.version == n)
+            .map(|v| (v.graph_json.clone(), v.variables_def.clone()))
+    }
+
+    /// The content of one request and the audit note that says where it came
+    /// from, or why it is refused.
+    fn resolve(
+        &self,
+        stored: &HashMap<i32, Content>,
+        new: &NewVersion,
+    ) -> Result<(Content, Option<serde_json::Value>)> {
+        let merging = new.merge && new.base_version.is_some_and(|b| b < self.latest);
+        if !merging {
+            check_base(new.base_version, self.latest)?;
+        }
+        match &new.content {
+            VersionContent::Restore(n) => {
+                let content = self
+                    .content_of(stored, *n)
+                    .ok_or_else(|| Error::not_found("version"))?;
+                Ok((content, Some(json!({ "restoredFrom": n }))))
+            }
+            VersionContent::Given {
+                graph_json,
+                variables_def,
+            } if !merging => Ok(((graph_json.clone(), variables_def.clone()), None)),
+            VersionContent::Given {
+                graph_json,
+                variables_def,
+            } => {
+                let base = new.base_version.unwrap_or_default();
+                let missing = || Error::Unexpected(anyhow::anyhow!("merge source missing"));
+                let b = self.content_of(stored, base).ok_or_else(missing)?;
+                let t = self.content_of(stored, self.latest).ok_or_else(missing)?;
+                let null = serde_json::Value::Null;
+                let (graph, vars) = history::merge(
+                    (&b.0, b.1.as_ref().unwrap_or(&null)),
+                    (&t.0, t.1.as_ref().unwrap_or(&null)),
+                    (graph_json, variables_def.as_ref().unwrap_or(&null)),
+                )
+                .map_err(|conflicts| merge_conflict(self.latest, conflicts))?;
+                let vars = (!vars.is_null()).then_some(vars);
+                let note = json!({ "mergedFrom": { "base": base, "theirs": self.latest } });
+                Ok(((graph, vars), Some(note)))
+            }
+        }
+    }
+}
+
+fn merge_conflict(latest: i32, conflicts: Vec<history::Conflict>) -> Error {
+    Error::rejected_with(
+        ErrorCode::MergeConflict,
+        format!(
+            "{} conflicting edit(s) against version {latest}",
+            conflicts.len()
+        ),
+        json!({ "latestVersion": latest, "conflicts": conflicts }),
+    )
+}
+
+fn plan_versions(
     script: &Script,
-    requests: &'a [CreateVersion],
+    stored: &HashMap<i32, Content>,
+    requests: &[CreateVersion],
     now: chrono::DateTime<chrono::Utc>,
-) -> Planned<'a> {
+) -> Planned {
     let mut plan = Planned {
         outcomes: Vec::with_capacity(requests.len()),
-        rows: Vec::new(),
-        audits: Vec::new(),
+        audits: Vec::with_capacity(requests.len()),
         latest: script.latest_version,
     };
     for CreateVersion { req: r, .. } in requests {
-        let refused = if script.status == ScriptStatus::Archived {
+        let resolved = if script.status == ScriptStatus::Archived {
             Err(archived())
         } else {
-            check_base(r.new.base_version, plan.latest)
+            plan.resolve(stored, &r.new)
         };
-        if let Err(e) = refused {
-            plan.outcomes.push(Err(e));
-            continue;
-        }
+        let ((graph_json, variables_def), audit) = match resolved {
+            Ok(r) => r,
+            Err(e) => {
+                plan.outcomes.push(Err(e));
+                plan.audits.push(None);
+                continue;
+            }
+        };
         plan.latest += 1;
-        let id = Uuid::now_v7();
-        plan.rows.push(sql::VersionRow {
-            id,
-            version: plan.latest,
-            graph_json: &r.new.graph_json,
-            variables_def: r.new.variables_def.as_ref(),
-            changelog: r.new.changelog.as_deref(),
-            created_by_id: r.actor.as_str(),
-        });
-        plan.audits.push(sql::AuditRow {
-            id: Uuid::now_v7(),
-            action: AuditAction::Create,
-            version: plan.latest,
-            actor_id: r.actor.as_str(),
-            diff_json: None,
-            note: r.new.note.as_deref(),
-        });
+        plan.audits.push(audit);
         plan.outcomes.push(Ok(Version {
-            id,
+            id: Uuid::now_v7(),
             script_id: script.id,
             version: plan.latest,
-            graph_json: r.new.graph_json.clone(),
-            variables_def: r.new.variables_def.clone(),
+            graph_json,
+            variables_def,
             changelog: r.new.changelog.clone(),
             is_published: false,
             is_active: false,
@@ -180,9 +260,40 @@ fn plan_versions<'a>(
     plan
 }
 
+/// The rows of the planned versions and their audit rows.
+fn rows_of<'a>(
+    plan: &'a Planned,
+    requests: &'a [CreateVersion],
+) -> (Vec<sql::VersionRow<'a>>, Vec<sql::AuditRow<'a>>) {
+    let mut rows = Vec::new();
+    let mut audits = Vec::new();
+    for ((outcome, audit), r) in plan.outcomes.iter().zip(&plan.audits).zip(requests) {
+        let Ok(v) = outcome else { continue };
+        rows.push(sql::VersionRow {
+            id: v.id,
+            version: v.version,
+            graph_json: &v.graph_json,
+            variables_def: v.variables_def.as_ref(),
+            changelog: v.changelog.as_deref(),
+            created_by_id: &v.created_by_id,
+        });
+        audits.push(sql::AuditRow {
+            id: Uuid::now_v7(),
+            action: AuditAction::Create,
+            version: v.version,
+            actor_id: &v.created_by_id,
+            diff_json: audit.clone(),
+            note: r.req.new.note.as_deref(),
+        });
+    }
+    (rows, audits)
+}
+
 /// Creates the versions of `requests` in ONE transaction: one counter update
 /// for N versions, N version rows, N audit rows. Requests that a rule refuses
-/// (archived, baseVersion) get their own error without failing the others.
+/// (archived, baseVersion, a merge conflict, an unknown restore source) get
+/// their own error without failing the others. Restores and merges read their
+/// sources under the script's row lock, so they see every earlier create.
 #[tracing::instrument(level = "debug", skip_all, fields(script = %script_id, group = requests.len()))]
 async fn create_versions(
     db: &Db,
@@ -198,16 +309,14 @@ async fn create_versions(
             .collect());
     };
     let now = store::now_ms();
-    let plan = plan_versions(&script, requests, now);
-    if plan.rows.is_empty() {
+    let stored = sql::version_contents(&tx, script_id, &sources(&script, requests)).await?;
+    let plan = plan_versions(&script, &stored, requests, now);
+    let (rows, audits) = rows_of(&plan, requests);
+    if rows.is_empty() {
         return Ok(plan.outcomes);
     }
-    let count = plan.rows.len() as i32;
-    let last_actor = plan
-        .rows
-        .last()
-        .map(|r| r.created_by_id)
-        .unwrap_or_default();
+    let count = rows.len() as i32;
+    let last_actor = rows.last().map(|r| r.created_by_id).unwrap_or_default();
     let new_latest = sql::advance_versions(&tx, script_id, count, last_actor, now).await?;
     if new_latest != plan.latest {
         // Impossible under the row lock; refuse to commit numbers we did not check.
@@ -216,8 +325,8 @@ async fn create_versions(
             plan.latest
         )));
     }
-    sql::insert_versions(&tx, script_id, &script.tenant_id, &plan.rows, now).await?;
-    sql::insert_audits(&tx, script_id, &script.tenant_id, &plan.audits, now).await?;
+    sql::insert_versions(&tx, script_id, &script.tenant_id, &rows, now).await?;
+    sql::insert_audits(&tx, script_id, &script.tenant_id, &audits, now).await?;
     for (r, outcome) in requests.iter().zip(&plan.outcomes) {
         if let (Some(idem), Ok(v)) = (&r.idem, outcome) {
             idem.complete(&tx, v).await?;

@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod bus;
+mod history;
 
 const TENANT: &str = "bench";
 const GRAPH: &str = r#"{"nodes":[{"id":"n1"}],"edges":[]}"#;
@@ -1042,7 +1043,7 @@ async fn main() -> Result<()> {
 }
 
 /// Every scenario, in the order they run and print.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "version-hot",
     "version-spread",
     "vars",
@@ -1053,6 +1054,7 @@ const SCENARIOS: [&str; 11] = [
     "command-bus",
     "event-append",
     "audit-depth",
+    "diff-5k",
     "sse-fanout",
 ];
 
@@ -1081,6 +1083,7 @@ async fn run_scenario(name: &str, env: &Env, args: &Args) -> Result<Vec<Row>> {
         "command-to-event" => command_to_event(env, args).await,
         "event-append" => event_append(env, args).await,
         "audit-depth" => audit_depth(env, args).await,
+        "diff-5k" => history::diff_5k(env, args).await,
         "sse-fanout" => sse_fanout(env, args).await,
         other => bail!("unknown scenario {other}"),
     }?;

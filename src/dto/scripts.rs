@@ -189,15 +189,31 @@ impl PatchScriptRequest {
     }
 }
 
-/// `POST /scripts/:id/versions`.
+/// `POST /scripts/:id/versions`: a new version from `graphJson`, a copy of
+/// version `fromVersion` (restore), or, with `merge: true` and a `baseVersion`
+/// below the latest, `graphJson` merged three-way with what was saved since.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"graphJson": {"nodes": [{"id": "n1"}], "edges": []}, "changelog": "first draft", "baseVersion": 0}))]
+#[schema(examples(
+    json!({"graphJson": {"nodes": [{"id": "n1"}], "edges": []}, "changelog": "first draft", "baseVersion": 0}),
+    json!({"fromVersion": 2, "changelog": "back to version 2"}),
+    json!({"graphJson": {"nodes": [{"id": "n1", "text": "Hi"}], "edges": []}, "baseVersion": 3, "merge": true})
+))]
 pub struct CreateVersionRequest {
-    /// An object with arrays `nodes` and `edges`.
+    /// An object with arrays `nodes` and `edges`. Required unless `fromVersion`.
     #[validate(custom(function = "rules::graph_json"))]
-    #[schema(value_type = Object)]
-    pub graph_json: Value,
+    #[schema(value_type = Option<Object>)]
+    pub graph_json: Option<Value>,
+    /// Restore: the new version copies this version's `graphJson` and
+    /// `variablesDef` (audited `{"restoredFrom": N}`). Not with `graphJson`,
+    /// `variablesDef` or `merge`.
+    #[validate(range(min = 1, message = "must be a version number (1 or more)"))]
+    #[schema(minimum = 1)]
+    pub from_version: Option<i32>,
+    /// With a `baseVersion` below the latest: merge this save three-way
+    /// (base = `baseVersion`, theirs = the latest) instead of 409
+    /// VERSION_CONFLICT; conflicting edits are 409 MERGE_CONFLICT.
+    pub merge: Option<bool>,
     /// The variables this version defines (an object).
     #[validate(custom(function = "rules::json_object"))]
     #[schema(value_type = Option<Object>)]
@@ -229,14 +245,39 @@ pub struct PublishRequestBody {
 }
 
 impl CreateVersionRequest {
-    pub fn into_new(self) -> core::NewVersion {
-        core::NewVersion {
-            graph_json: self.graph_json,
-            variables_def: self.variables_def,
+    /// The version to create (after `validate`): exactly one of `graphJson`
+    /// and `fromVersion`; a restore takes neither `variablesDef` nor `merge`.
+    pub fn into_new(self) -> Result<core::NewVersion, ApiError> {
+        let merge = self.merge.unwrap_or(false);
+        let content = match (self.graph_json, self.from_version) {
+            (Some(_), Some(_)) => return Err(ApiError::field("fromVersion", "not with graphJson")),
+            (None, None) => {
+                return Err(ApiError::field(
+                    "graphJson",
+                    "required (or fromVersion to restore)",
+                ))
+            }
+            (Some(graph_json), None) => core::VersionContent::Given {
+                graph_json,
+                variables_def: self.variables_def,
+            },
+            (None, Some(n)) => {
+                if self.variables_def.is_some() {
+                    return Err(ApiError::field("variablesDef", "not with fromVersion"));
+                }
+                if self.merge.is_some() {
+                    return Err(ApiError::field("merge", "not with fromVersion"));
+                }
+                core::VersionContent::Restore(n)
+            }
+        };
+        Ok(core::NewVersion {
+            content,
             changelog: self.changelog,
             note: self.note,
             base_version: self.base_version,
-        }
+            merge,
+        })
     }
 }
 
@@ -382,5 +423,144 @@ view! {
         #[serde(serialize_with = "ts::serialize")]
         #[schema(value_type = String, format = DateTime)]
         created_at: DateTime<Utc>,
+    }
+}
+
+/// `GET /scripts/:id/versions/:version/diff`: `against` (default
+/// `version - 1`; 0 is the empty graph).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DiffQuery {
+    /// The version to compare with (0 or more; may be higher than `version`).
+    #[param(minimum = 0)]
+    pub against: Option<i64>,
+}
+
+impl DiffQuery {
+    pub fn against(&self, version: i32) -> Result<i32, ApiError> {
+        match self.against {
+            None => Ok(version - 1),
+            Some(n) => i32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::field("against", "must be a version number (0 or more)")),
+        }
+    }
+}
+
+/// How one element list (`nodes` or `edges`) changed. Elements are matched by
+/// their `id` member; one without an id, or whose id repeats in its graph, is
+/// matched by its whole value (so it is only ever added or removed).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ElementChanges {
+    /// Only in the newer side (`to`), in its order.
+    #[schema(value_type = Vec<Object>)]
+    pub added: Vec<Value>,
+    /// Only in the older side (`from`), in its order.
+    #[schema(value_type = Vec<Object>)]
+    pub removed: Vec<Value>,
+    pub changed: Vec<ChangedElement>,
+}
+
+/// An element on both sides with a different value.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"id": "n1", "before": {"id": "n1", "label": "Hello"}, "after": {"id": "n1", "label": "Hi"},
+    "patch": [{"op": "replace", "path": "/label", "value": "Hi"}]}))]
+pub struct ChangedElement {
+    /// The element's `id` (a string or a number).
+    #[schema(value_type = Object)]
+    pub id: Value,
+    #[schema(value_type = Object)]
+    pub before: Value,
+    #[schema(value_type = Object)]
+    pub after: Value,
+    /// RFC 6902 operations that turn `before` into `after`.
+    #[schema(value_type = Vec<Object>)]
+    pub patch: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffSummary {
+    pub nodes_added: usize,
+    pub nodes_removed: usize,
+    pub nodes_changed: usize,
+    pub edges_added: usize,
+    pub edges_removed: usize,
+    pub edges_changed: usize,
+}
+
+/// What changed from version `from` to version `to`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"scriptId": "0193a0a0-0000-7000-8000-000000000001", "from": 1, "to": 2,
+    "nodes": {"added": [{"id": "n2"}], "removed": [], "changed": [{"id": "n1", "before": {"id": "n1", "label": "Hello"},
+        "after": {"id": "n1", "label": "Hi"}, "patch": [{"op": "replace", "path": "/label", "value": "Hi"}]}]},
+    "edges": {"added": [{"id": "e1", "from": "n1", "to": "n2"}], "removed": [], "changed": []},
+    "variablesDef": [{"op": "add", "path": "/email", "value": "string"}], "graph": [],
+    "summary": {"nodesAdded": 1, "nodesRemoved": 0, "nodesChanged": 1, "edgesAdded": 1, "edgesRemoved": 0, "edgesChanged": 0}}))]
+pub struct VersionDiff {
+    pub script_id: Uuid,
+    /// The older side: `against`.
+    pub from: i32,
+    /// The newer side: `version`.
+    pub to: i32,
+    pub nodes: ElementChanges,
+    pub edges: ElementChanges,
+    /// RFC 6902 operations that turn the old `variablesDef` into the new one.
+    #[schema(value_type = Vec<Object>)]
+    pub variables_def: Value,
+    /// RFC 6902 operations on the `graphJson` members other than `nodes` and `edges`.
+    #[schema(value_type = Vec<Object>)]
+    pub graph: Value,
+    pub summary: DiffSummary,
+}
+
+fn ops(patch: &impl Serialize) -> Value {
+    serde_json::to_value(patch).unwrap_or_else(|_| Value::Array(Vec::new()))
+}
+
+impl ElementChanges {
+    fn from(d: core::history::ElementDiff) -> Self {
+        ElementChanges {
+            added: d.added,
+            removed: d.removed,
+            changed: d
+                .changed
+                .into_iter()
+                .map(|c| ChangedElement {
+                    patch: ops(&c.patch),
+                    id: c.id,
+                    before: c.before,
+                    after: c.after,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl VersionDiff {
+    pub fn new(script_id: Uuid, from: i32, to: i32, d: core::history::GraphDiff) -> Self {
+        let s = d.summary;
+        VersionDiff {
+            script_id,
+            from,
+            to,
+            variables_def: ops(&d.variables_def),
+            graph: ops(&d.graph),
+            nodes: ElementChanges::from(d.nodes),
+            edges: ElementChanges::from(d.edges),
+            summary: DiffSummary {
+                nodes_added: s.nodes_added,
+                nodes_removed: s.nodes_removed,
+                nodes_changed: s.nodes_changed,
+                edges_added: s.edges_added,
+                edges_removed: s.edges_removed,
+                edges_changed: s.edges_changed,
+            },
+        }
     }
 }

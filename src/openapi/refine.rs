@@ -70,9 +70,27 @@ fn add_shared_schemas(doc: &mut Value) {
     });
     schemas["ErrorDetails"] = json!({
         "type": "object",
-        "description": "`fields` for VALIDATION_FAILED; other codes may carry other members (e.g. `status` for COMMAND_FINAL).",
-        "properties": { "fields": { "type": "array", "items": { "$ref": "#/components/schemas/FieldError" } } },
+        "description": "`fields` for VALIDATION_FAILED; `latestVersion` for VERSION_CONFLICT and MERGE_CONFLICT, \
+            with `conflicts` for MERGE_CONFLICT; other codes may carry other members (e.g. `status` for COMMAND_FINAL).",
+        "properties": {
+            "fields": { "type": "array", "items": { "$ref": "#/components/schemas/FieldError" } },
+            "latestVersion": { "type": "integer", "minimum": 0 },
+            "conflicts": { "type": "array", "items": { "$ref": "#/components/schemas/MergeConflict" } },
+        },
         "additionalProperties": true,
+    });
+    schemas["MergeConflict"] = json!({
+        "type": "object",
+        "description": "One element, member or key that both sides changed differently since the base. \
+            A side where it is missing (deleted, or never there) is null.",
+        "required": ["kind", "id", "base", "theirs", "ours"],
+        "properties": {
+            "kind": { "type": "string", "enum": ["node", "edge", "graph", "variablesDef"] },
+            "id": { "description": "The element's id; for graph and variablesDef the member or key name." },
+            "base": {}, "theirs": {}, "ours": {},
+        },
+        "example": { "kind": "node", "id": "n1", "base": { "id": "n1", "text": "Hi" },
+            "theirs": { "id": "n1", "text": "Hello" }, "ours": null },
     });
     schemas["SseControl"] = json!({
         "type": "object",

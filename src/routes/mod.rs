@@ -22,6 +22,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(versions::publish_version)
         .service(versions::list_versions)
         .service(versions::get_version)
+        .service(versions::diff_versions)
         .service(versions::list_audit)
         .service(commands::post_command)
         .service(commands::get_command)

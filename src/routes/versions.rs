@@ -9,8 +9,8 @@ use actors::service::idempotency::Recorded;
 use validator::Validate;
 
 use crate::dto::scripts::{
-    AuditEntry, CreateVersionRequest, PageQuery, PublishRequestBody, ScriptView, Version,
-    VersionSummary,
+    AuditEntry, CreateVersionRequest, DiffQuery, PageQuery, PublishRequestBody, ScriptView,
+    Version, VersionDiff, VersionSummary,
 };
 use crate::http::cursor::{KeyKind, Page};
 use crate::http::error::ApiResult;
@@ -38,7 +38,7 @@ pub async fn create_version(
     let id = path_uuid("id", &path)?;
     let tenant = post.ctx.tenant(None)?;
     post.run(tenant, render_created, |w| async move {
-        let new = w.body.into_new();
+        let new = w.body.into_new()?;
         let req = VersionRequest {
             tenant: w.tenant,
             actor: w.actor,
@@ -120,6 +120,30 @@ pub async fn get_version(ctx: Ctx, path: Path<(String, String)>, svc: Svc) -> Ap
     let tenant = ctx.tenant(None)?;
     let v = svc.scripts.version(&tenant, id, version).await?;
     Ok(HttpResponse::Ok().json(Version::from(v)))
+}
+
+/// What changed between two versions: nodes and edges matched by id (added,
+/// removed, changed with an RFC 6902 patch), `variablesDef` and the other
+/// `graphJson` members as RFC 6902 operations.
+#[utoipa::path(tag = "versions", params(crate::dto::TenantHeader, ("id" = uuid::Uuid, Path, description = "Script id"),
+        ("version" = i32, Path, minimum = 1, description = "The newer side (`to`)"), DiffQuery),
+    responses(
+        (status = 200, description = "The diff", body = VersionDiff),
+    ))]
+#[get("/scripts/{id}/versions/{version}/diff")]
+#[tracing::instrument(level = "debug", skip_all, fields(script = %path.0))]
+pub async fn diff_versions(
+    ctx: Ctx,
+    path: Path<(String, String)>,
+    q: Query<DiffQuery>,
+    svc: Svc,
+) -> ApiResult {
+    let id = path_uuid("id", &path.0)?;
+    let version = path_version(&path.1)?;
+    let against = q.against(version)?;
+    let tenant = ctx.tenant(None)?;
+    let d = svc.scripts.diff(&tenant, id, version, against).await?;
+    Ok(HttpResponse::Ok().json(VersionDiff::new(id, against, version, d)))
 }
 
 /// A script's audit trail, newest first.

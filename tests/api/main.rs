@@ -8,6 +8,7 @@ mod events;
 mod foundation;
 mod hardening;
 mod hardening_reads;
+mod history;
 mod openapi;
 mod runs;
 mod scripts;

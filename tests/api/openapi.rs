@@ -18,6 +18,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("POST", "/scripts/{id}/versions/{version}/publish"),
     ("GET", "/scripts/{id}/versions"),
     ("GET", "/scripts/{id}/versions/{version}"),
+    ("GET", "/scripts/{id}/versions/{version}/diff"),
     ("GET", "/scripts/{id}/audit"),
     ("POST", "/runs"),
     ("POST", "/runs/{runId}/vars"),
@@ -300,4 +301,57 @@ async fn the_reference_page_is_served_offline_without_auth() {
     assert_eq!(bundle.status(), 200);
     assert!(bundle.bytes().await.unwrap().len() > 100_000);
     send_err(app.raw(Method::GET, "/docs/nope.js"), 404, "NOT_FOUND").await;
+}
+
+/// Editor history in the document: the diff operation and its schema, the
+/// restore and merge members with examples, and MERGE_CONFLICT's details.
+#[actix_web::test]
+async fn diff_restore_and_merge_are_documented() {
+    let app = spawn_app().await;
+    let doc = served_document(&app).await;
+    let op = &doc["paths"]["/scripts/{id}/versions/{version}/diff"]["get"];
+    assert_eq!(
+        op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/VersionDiff"
+    );
+    let params: Vec<&str> = op["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(params.contains(&"against"), "{params:?}");
+    let s = &doc["components"]["schemas"];
+    for field in [
+        "scriptId",
+        "from",
+        "to",
+        "nodes",
+        "edges",
+        "variablesDef",
+        "graph",
+        "summary",
+    ] {
+        assert!(
+            s["VersionDiff"]["properties"][field].is_object(),
+            "VersionDiff.{field}"
+        );
+    }
+    assert!(s["VersionDiff"]["example"].is_object());
+    let create = &s["CreateVersionRequest"];
+    assert_eq!(create["properties"]["fromVersion"]["minimum"], 1);
+    assert!(create["properties"]["merge"].is_object());
+    assert_eq!(create["examples"].as_array().map(Vec::len), Some(3));
+    let codes = s["ErrorBody"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(codes.contains(&serde_json::json!("MERGE_CONFLICT")));
+    assert_eq!(
+        s["ErrorDetails"]["properties"]["conflicts"]["items"]["$ref"],
+        "#/components/schemas/MergeConflict"
+    );
+    assert_eq!(
+        s["MergeConflict"]["required"],
+        serde_json::json!(["base", "id", "kind", "ours", "theirs"])
+    );
 }

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     PreconditionFailed,
     /// A completion for a command that is already COMPLETED or FAILED.
     CommandFinal,
+    /// A merging save whose edits conflict with the latest version's.
+    MergeConflict,
     /// A bounded queue is full: retry shortly.
     Busy,
 }

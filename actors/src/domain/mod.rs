@@ -30,6 +30,7 @@ macro_rules! status_enum {
 pub mod command;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod ids;
 pub mod page;
 pub mod run;
@@ -43,5 +44,5 @@ pub use page::{Key, Page, Window};
 pub use run::{NewRun, Run, RunStatus, RunVariable, VarUpsert, VarValue};
 pub use script::{
     AuditAction, AuditEntry, NewScript, NewVersion, PatchRequest, PublishRequest, Script,
-    ScriptPatch, ScriptStatus, ScriptView, Version, VersionRequest, VersionSummary,
+    ScriptPatch, ScriptStatus, ScriptView, Version, VersionContent, VersionRequest, VersionSummary,
 };

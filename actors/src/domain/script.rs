@@ -128,14 +128,27 @@ pub struct ScriptPatch {
     pub status: Option<ScriptStatus>,
 }
 
+/// Where a new version's graph and variables come from.
+#[derive(Debug, Clone)]
+pub enum VersionContent {
+    /// Given in the request.
+    Given {
+        graph_json: Value,
+        variables_def: Option<Value>,
+    },
+    /// A copy of an existing version (restore).
+    Restore(i32),
+}
+
 /// What a new version carries.
 #[derive(Debug, Clone)]
 pub struct NewVersion {
-    pub graph_json: Value,
-    pub variables_def: Option<Value>,
+    pub content: VersionContent,
     pub changelog: Option<String>,
     pub note: Option<String>,
     pub base_version: Option<i32>,
+    /// With a `base_version` below the latest: merge three-way instead of 409.
+    pub merge: bool,
 }
 
 /// A version create as the script's actor receives it.

@@ -5,6 +5,7 @@
 
 use uuid::Uuid;
 
+use crate::domain::history;
 use crate::domain::{
     ActorId, AuditAction, AuditEntry, Error, NewScript, Page, PatchRequest, PublishRequest, Result,
     Script, ScriptStatus, ScriptView, TenantId, Version, VersionRequest, VersionSummary, Window,
@@ -154,5 +155,35 @@ impl Scripts {
     /// The actors of this door (admin view, test hooks).
     pub fn actors(&self) -> &ScriptActors {
         &self.actors
+    }
+
+    /// What changed from version `against` (0: the empty graph) to `version`.
+    pub async fn diff(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        version: i32,
+        against: i32,
+    ) -> Result<history::GraphDiff> {
+        let (client, _) = self.script_of(tenant, id).await?;
+        let wanted: Vec<i32> = [version, against].into_iter().filter(|v| *v > 0).collect();
+        let contents = sql::version_contents(&client, id, &wanted).await?;
+        drop(client);
+        let empty = (serde_json::json!({ "nodes": [], "edges": [] }), None);
+        let side = |n: i32| {
+            if n == 0 {
+                Ok(&empty)
+            } else {
+                contents.get(&n).ok_or_else(|| Error::not_found("version"))
+            }
+        };
+        let (old, new) = (side(against)?, side(version)?);
+        let null = serde_json::Value::Null;
+        Ok(history::diff(
+            &old.0,
+            old.1.as_ref().unwrap_or(&null),
+            &new.0,
+            new.1.as_ref().unwrap_or(&null),
+        ))
     }
 }

@@ -519,3 +519,27 @@ pub async fn list_audit(
         .collect();
     Ok(window.page(rows, |a: &AuditEntry| Key::time(a.created_at, a.id)))
 }
+
+/// The graph and variables of some versions of a script, by number (the
+/// sources of restores and merges, read under the script's row lock).
+pub async fn version_contents(
+    client: &impl GenericClient,
+    script_id: Uuid,
+    versions: &[i32],
+) -> Result<std::collections::HashMap<i32, (Value, Option<Value>)>> {
+    if versions.is_empty() {
+        return Ok(Default::default());
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT version, graph_json, variables_def FROM script_versions \
+             WHERE script_id = $1 AND version = ANY($2)",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&script_id, &versions])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
