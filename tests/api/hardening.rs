@@ -234,6 +234,17 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
         assert!(res.status().is_client_error(), "{}", res.status());
     }
     let text = metrics_text(&app).await;
+    let build = format!(
+        "scriptd_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+        scriptd::GIT_COMMIT,
+        scriptd::VERSION
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("scriptd_build_info"))
+            .collect::<Vec<_>>(),
+        [build]
+    );
     assert!(!text.contains("BREW"), "a client's method became a label");
     assert!(!text.contains("made-up"), "a client's path became a label");
     let after = request_series(&text);
