@@ -150,15 +150,19 @@ fn sources(script: &Script, requests: &[CreateVersion]) -> Vec<i32> {
 
 impl Planned {
     /// Version `n`'s content: stored, or planned earlier in this group.
-    fn content_of(&self, stored: &HashMap<i32, Content>, n: i32) -> Option<Content> {
-        if let Some(c) = stored.get(&n) {
-            return Some(c.clone());
+    fn content_of<'s>(
+        &'s self,
+        stored: &'s HashMap<i32, Content>,
+        n: i32,
+    ) -> Option<(&'s serde_json::Value, &'s Option<serde_json::Value>)> {
+        if let Some((graph, vars)) = stored.get(&n) {
+            return Some((graph, vars));
         }
         self.outcomes
             .iter()
             .flatten()
             .find(|v| v.version == n)
-            .map(|v| (v.graph_json.clone(), v.variables_def.clone()))
+            .map(|v| (&v.graph_json, &v.variables_def))
     }
 
     /// The content of one request and the audit note that says where it came
@@ -174,10 +178,13 @@ impl Planned {
         }
         match &new.content {
             VersionContent::Restore(n) => {
-                let content = self
+                let (graph, vars) = self
                     .content_of(stored, *n)
                     .ok_or_else(|| Error::not_found("version"))?;
-                Ok((content, Some(json!({ "restoredFrom": n }))))
+                Ok((
+                    (graph.clone(), vars.clone()),
+                    Some(json!({ "restoredFrom": n })),
+                ))
             }
             VersionContent::Given {
                 graph_json,
@@ -193,8 +200,8 @@ impl Planned {
                 let t = self.content_of(stored, self.latest).ok_or_else(missing)?;
                 let null = serde_json::Value::Null;
                 let (graph, vars) = history::merge(
-                    (&b.0, b.1.as_ref().unwrap_or(&null)),
-                    (&t.0, t.1.as_ref().unwrap_or(&null)),
+                    (b.0, b.1.as_ref().unwrap_or(&null)),
+                    (t.0, t.1.as_ref().unwrap_or(&null)),
                     (graph_json, variables_def.as_ref().unwrap_or(&null)),
                 )
                 .map_err(|conflicts| merge_conflict(self.latest, conflicts))?;

@@ -176,7 +176,25 @@ const ROUTE_ERRORS: &[(&str, &str, u16, &str)] = &[
         "post",
         "/scripts/{id}/versions",
         409,
-        "VERSION_CONFLICT (details.latestVersion), SCRIPT_ARCHIVED",
+        "VERSION_CONFLICT (details.latestVersion), MERGE_CONFLICT (details.conflicts; merge: true), SCRIPT_ARCHIVED",
+    ),
+    (
+        "post",
+        "/scripts/{id}/versions",
+        404,
+        "NOT_FOUND (script, or the fromVersion to restore)",
+    ),
+    (
+        "get",
+        "/scripts/{id}/versions/{version}/diff",
+        400,
+        "VALIDATION_FAILED (version, against)",
+    ),
+    (
+        "get",
+        "/scripts/{id}/versions/{version}/diff",
+        404,
+        "NOT_FOUND (script, version or against)",
     ),
     (
         "post",
