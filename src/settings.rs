@@ -23,6 +23,7 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub limits: LimitsSettings,
     pub actors: ActorsSettings,
+    pub runs: RunsSettings,
     pub log: LogSettings,
 }
 
@@ -152,6 +153,15 @@ pub struct ActorsSettings {
     pub idle_secs: u64,
     pub run_queue_max: usize,
     pub var_write_statements: usize,
+}
+
+/// The runner stream (`GET /runs/:runId/stream`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunsSettings {
+    /// Unacknowledged frames per connection before the server stops reading.
+    pub stream_inflight: usize,
+    /// Seconds between pings; a runner silent for three intervals is closed.
+    pub stream_ping_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -240,6 +240,7 @@ impl Application {
             auth,
             services,
             accepting: AtomicBool::new(true),
+            run_streams: Default::default(),
         });
         let server = http_server(state.clone(), listener)?;
         spawn_housekeeping(state.clone());
@@ -297,6 +298,9 @@ impl Stopper {
         self.state.stop_accepting();
         // Open SSE streams would hold the graceful stop: end them first.
         self.state.services.events.close_all().await;
+        // Runner streams ack what committed and close with 1001.
+        let limit = Duration::from_secs(self.state.settings.http.shutdown_timeout_secs);
+        self.state.run_streams.close_all(limit).await;
         self.handle.stop(true).await;
     }
 }

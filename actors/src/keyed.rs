@@ -329,8 +329,14 @@ pub trait KeyedActor: Sized + Unpin + 'static {
     }
 
     /// Takes the next unit of work off the queue (at least its front job,
-    /// and whatever the kind commits together with it).
-    fn next(&mut self, key: Uuid, queue: &mut Queue<Self::Job>) -> BoxFuture<'static, Self::Done>;
+    /// and whatever the kind commits together with it). Every earlier unit
+    /// has finished and its `done` has been applied to `state`.
+    fn next(
+        &mut self,
+        key: Uuid,
+        state: &mut Self::State,
+        queue: &mut Queue<Self::Job>,
+    ) -> BoxFuture<'static, Self::Done>;
 
     /// Applies what a unit of work reported to the state.
     fn done(_state: &mut Self::State, _done: Self::Done) {}
@@ -373,6 +379,15 @@ impl<J: Job> Queue<J> {
 
     pub fn pop(&mut self) -> Option<J> {
         self.pop_if(|_| true)
+    }
+
+    /// Puts jobs taken for work back at the front, in their order (a unit
+    /// of work that found them not yet doable).
+    pub fn push_front(&mut self, jobs: Vec<J>) {
+        for job in jobs.into_iter().rev() {
+            self.meta.enqueued();
+            self.jobs.push_front(job);
+        }
     }
 }
 
@@ -471,11 +486,15 @@ impl<A: KeyedActor> Keyed<A> {
             _ => {}
         }
         self.refuse_front();
+        // Past `refuse_front`, jobs remain only for a known entity.
+        let Phase::Known(_, state) = &mut self.phase else {
+            return;
+        };
         if self.queue.is_empty() {
             return;
         }
         self.working = true;
-        let work = self.kind.next(self.key, &mut self.queue);
+        let work = self.kind.next(self.key, state, &mut self.queue);
         ctx.spawn(work.into_actor(self).map(|done, act, ctx| {
             if let Phase::Known(_, state) = &mut act.phase {
                 A::done(state, done);

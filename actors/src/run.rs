@@ -16,28 +16,36 @@ use crate::domain::{
     Error, ErrorCode, NewEvent, Result, Run, RunStatus, RunVariable, TenantId, VarUpsert,
 };
 use crate::keyed::{self, KeyedActor, Loading, Queue};
+use crate::store::runs::RunWrite;
 use crate::store::{self, events, runs as sql, Db};
 use crate::workers::appender::EventPublisher;
 use crate::workers::var_writer::{VarWriter, MAX_ROWS};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
-/// The answer to an upsert: the stored values of the keys it touched.
-#[derive(Debug, Clone)]
+/// The answer to an upsert: the stored values of the keys it touched (not
+/// for stream frames, whose ack needs only the count).
+#[derive(Debug, Clone, Default)]
 pub struct Upserted {
     pub upserted: usize,
     pub vars: Vec<RunVariable>,
+    /// A stream frame at or below the run's committed `seq`: not written.
+    pub duplicate: bool,
 }
 
 pub struct UpsertVars {
     pub tenant: TenantId,
     /// Distinct keys (the edge keeps the last item per key).
     pub items: Vec<VarUpsert>,
+    /// A runner-stream frame's `seq` (committed with its rows).
+    pub seq: Option<i64>,
 }
 
 pub struct FinishRun {
     pub tenant: TenantId,
     pub status: RunStatus,
+    /// A runner-stream `finish` frame's `seq`.
+    pub seq: Option<i64>,
 }
 
 crate::keyed_jobs!(RunJob for RunActor {
@@ -48,6 +56,16 @@ crate::keyed_jobs!(RunJob for RunActor {
 /// What a run actor keeps of its run (reloaded at every start).
 pub struct RunState {
     finished: bool,
+    /// The highest stream `seq` known committed (the statement re-checks it:
+    /// another process may have committed more).
+    stream_seq: i64,
+}
+
+/// What one unit of work of a run actor reports.
+#[derive(Debug, Default)]
+pub struct RunDone {
+    finished: bool,
+    stream_seq: Option<i64>,
 }
 
 /// The run kind of keyed actor, with the handles every run actor shares.
@@ -59,12 +77,13 @@ pub struct RunActor {
     queue_max: usize,
 }
 
+type Batch = Vec<(UpsertVars, Reply<Upserted>)>;
+
 impl KeyedActor for RunActor {
     const KIND: &'static str = "run";
     type State = RunState;
     type Job = RunJob;
-    /// Whether the run turned out to be finished.
-    type Done = bool;
+    type Done = RunDone;
 
     fn load(&self, key: Uuid) -> Loading<RunState> {
         let db = self.db.clone();
@@ -72,7 +91,11 @@ impl KeyedActor for RunActor {
             let client = db.write().await?;
             Ok(sql::get_run(&client, key).await?.map(|r| {
                 let finished = r.status != RunStatus::Running;
-                (r.tenant_id, RunState { finished })
+                let state = RunState {
+                    finished,
+                    stream_seq: r.stream_seq,
+                };
+                (r.tenant_id, state)
             }))
         }
         .boxed()
@@ -87,19 +110,39 @@ impl KeyedActor for RunActor {
         }
     }
 
-    /// The upserts at the head of the queue together (up to `MAX_ROWS`
-    /// rows), or one finish.
-    fn next(&mut self, key: Uuid, queue: &mut Queue<RunJob>) -> BoxFuture<'static, bool> {
+    /// Resends (a stream `seq` at or below the committed one) are answered at
+    /// once: everything queued before them has committed. Then the upserts at
+    /// the head of the queue together (up to `MAX_ROWS` rows, stream `seq`s
+    /// growing), or one finish.
+    fn next(
+        &mut self,
+        key: Uuid,
+        state: &mut RunState,
+        queue: &mut Queue<RunJob>,
+    ) -> BoxFuture<'static, RunDone> {
+        let committed = state.stream_seq;
+        let resend =
+            |j: &RunJob| matches!(j, RunJob::Upsert(m, _) if m.seq.is_some_and(|s| s <= committed));
+        while let Some(RunJob::Upsert(_, tx)) = queue.pop_if(resend) {
+            let _ = tx.send(Ok(Upserted::resent()));
+        }
         match queue.pop() {
             Some(RunJob::Upsert(m, tx)) => {
                 let tenant = m.tenant.clone();
                 let mut rows = m.items.len();
+                let mut high = m.seq.unwrap_or(0);
                 let mut batch = vec![(m, tx)];
                 while rows < MAX_ROWS {
-                    let same = |j: &RunJob| matches!(j, RunJob::Upsert(m, _) if m.tenant == tenant);
+                    // A frame whose seq does not grow waits for the next round
+                    // (a resend by then, or written if this batch fails).
+                    let same = |j: &RunJob| {
+                        matches!(j, RunJob::Upsert(m, _)
+                            if m.tenant == tenant && m.seq.is_none_or(|s| s > high))
+                    };
                     match queue.pop_if(same) {
                         Some(RunJob::Upsert(m, tx)) => {
                             rows += m.items.len();
+                            high = high.max(m.seq.unwrap_or(0));
                             batch.push((m, tx));
                         }
                         _ => break,
@@ -115,22 +158,31 @@ impl KeyedActor for RunActor {
                     // committed) are appended first; the finish transaction
                     // then appends Run.Finished.v1 itself, once, after them.
                     publisher.flushed().await;
-                    let res = finish_run(&db, &m.tenant, key, m.status).await;
-                    let finished = match &res {
-                        Ok(_) => true,
-                        Err(e) => e.code() == Some(ErrorCode::RunFinished),
+                    let res = finish_run(&db, &m.tenant, key, m.status, m.seq).await;
+                    let done = match &res {
+                        Ok(run) => RunDone {
+                            finished: true,
+                            stream_seq: Some(run.stream_seq),
+                        },
+                        Err(e) => RunDone {
+                            finished: e.code() == Some(ErrorCode::RunFinished),
+                            stream_seq: None,
+                        },
                     };
                     let _ = tx.send(res);
-                    finished
+                    done
                 }
                 .boxed()
             }
-            None => async { false }.boxed(),
+            None => async { RunDone::default() }.boxed(),
         }
     }
 
-    fn done(state: &mut RunState, finished: bool) {
-        state.finished |= finished;
+    fn done(state: &mut RunState, done: RunDone) {
+        state.finished |= done.finished;
+        if let Some(seq) = done.stream_seq {
+            state.stream_seq = state.stream_seq.max(seq);
+        }
     }
 
     fn queue_max(&self) -> usize {
@@ -138,21 +190,21 @@ impl KeyedActor for RunActor {
     }
 }
 
-/// Merges the batch (last write per key wins, in arrival order), hands it to
-/// the writer (one statement with the batches of other runs), answers every
-/// caller after the commit, then appends one `Run.VarsUpserted.v1` (off the
-/// callers' path). A failing batch is retried request by request. Returns
-/// true when the run turned out to be finished.
-async fn commit_upserts(
-    writer: VarWriter,
-    publisher: EventPublisher,
-    id: Uuid,
-    tenant: String,
-    batch: Vec<(UpsertVars, Reply<Upserted>)>,
-) -> bool {
+impl Upserted {
+    fn resent() -> Self {
+        Upserted {
+            duplicate: true,
+            ..Upserted::default()
+        }
+    }
+}
+
+/// Last write per key wins, in arrival order; and the first and last stream
+/// `seq` of the batch.
+fn merge(batch: &Batch) -> (Vec<VarUpsert>, Option<(i64, i64)>) {
     let mut merged: Vec<&VarUpsert> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for (m, _) in &batch {
+    for (m, _) in batch {
         for item in &m.items {
             match index.get(item.key.as_str()) {
                 Some(&i) => merged[i] = item,
@@ -163,53 +215,110 @@ async fn commit_upserts(
             }
         }
     }
-    let outcome = writer
-        .write(id, merged.into_iter().cloned().collect())
-        .await;
+    let mut seqs = batch.iter().filter_map(|(m, _)| m.seq);
+    let first = seqs.next();
+    let last = seqs.next_back().or(first);
+    let seqs = first.zip(last);
+    (merged.into_iter().cloned().collect(), seqs)
+}
+
+/// Hands the merged batch to the writer (one statement with the batches of
+/// other runs), answers every caller after the commit, then appends one
+/// `Run.VarsUpserted.v1` (off the callers' path). Frames that another
+/// connection committed meanwhile are answered as resends and the rest
+/// written again; a failing batch is retried request by request.
+async fn commit_upserts(
+    writer: VarWriter,
+    publisher: EventPublisher,
+    id: Uuid,
+    tenant: String,
+    mut batch: Batch,
+) -> RunDone {
+    let mut done = RunDone::default();
     let mut written_keys: Vec<String> = Vec::new();
-    let mut finished = false;
-    match outcome {
-        Ok(Some(stored)) => {
-            let by_key: HashMap<&str, &RunVariable> =
-                stored.iter().map(|v| (v.key.as_str(), v)).collect();
-            written_keys = stored.iter().map(|v| v.key.clone()).collect();
-            for (m, tx) in batch {
-                let _ = tx.send(Ok(answer(&m, &by_key)));
+    loop {
+        let (items, seqs) = merge(&batch);
+        match writer.write(id, items, seqs).await {
+            Ok(RunWrite::Stored(stored)) => {
+                written_keys = stored.iter().map(|v| v.key.clone()).collect();
+                done.stream_seq = seqs.map(|s| s.1);
+                answer_all(batch, &stored);
+            }
+            Ok(RunWrite::Finished) => {
+                done.finished = true;
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(run_finished()));
+                }
+            }
+            Ok(RunWrite::Behind(committed)) => {
+                done.stream_seq = Some(committed);
+                let (resent, rest): (Batch, Batch) = batch
+                    .into_iter()
+                    .partition(|(m, _)| m.seq.is_some_and(|s| s <= committed));
+                for (_, tx) in resent {
+                    let _ = tx.send(Ok(Upserted::resent()));
+                }
+                batch = rest;
+                if !batch.is_empty() {
+                    continue;
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some((_, tx)) = batch.into_iter().next() {
+                    let _ = tx.send(Err(e));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(run = %id, error = %e, requests = batch.len(), "group upsert failed; retrying one by one");
+                retry_alone(&writer, id, batch, &mut done, &mut written_keys).await;
             }
         }
-        Ok(None) => {
-            finished = true;
-            for (_, tx) in batch {
-                let _ = tx.send(Err(run_finished()));
-            }
-        }
-        Err(e) if batch.len() == 1 => {
-            if let Some((_, tx)) = batch.into_iter().next() {
-                let _ = tx.send(Err(e));
-            }
-        }
-        Err(e) => {
-            tracing::warn!(run = %id, error = %e, requests = batch.len(), "group upsert failed; retrying one by one");
-            for (m, tx) in batch {
-                let res = match writer.write_alone(id, &m.items).await {
-                    Ok(Some(stored)) => {
-                        written_keys.extend(stored.iter().map(|v| v.key.clone()));
-                        let by_key: HashMap<&str, &RunVariable> =
-                            stored.iter().map(|v| (v.key.as_str(), v)).collect();
-                        Ok(answer(&m, &by_key))
-                    }
-                    Ok(None) => {
-                        finished = true;
-                        Err(run_finished())
-                    }
-                    Err(e) => Err(e),
-                };
-                let _ = tx.send(res);
-            }
-        }
+        break;
     }
     publish_written(&publisher, id, tenant, written_keys);
-    finished
+    done
+}
+
+/// A failed group, written request by request (each with its own `seq`).
+async fn retry_alone(
+    writer: &VarWriter,
+    id: Uuid,
+    batch: Batch,
+    done: &mut RunDone,
+    written_keys: &mut Vec<String>,
+) {
+    for (m, tx) in batch {
+        let seqs = m.seq.map(|s| (s, s));
+        let res = match writer.write_alone(id, &m.items, seqs).await {
+            Ok(RunWrite::Stored(stored)) => {
+                written_keys.extend(stored.iter().map(|v| v.key.clone()));
+                done.stream_seq = m.seq.or(done.stream_seq);
+                let by_key = by_key(&stored);
+                Ok(answer(&m, &by_key))
+            }
+            Ok(RunWrite::Behind(committed)) => {
+                done.stream_seq = Some(committed);
+                Ok(Upserted::resent())
+            }
+            Ok(RunWrite::Finished) => {
+                done.finished = true;
+                Err(run_finished())
+            }
+            Err(e) => Err(e),
+        };
+        let _ = tx.send(res);
+    }
+}
+
+fn by_key(stored: &[RunVariable]) -> HashMap<&str, &RunVariable> {
+    stored.iter().map(|v| (v.key.as_str(), v)).collect()
+}
+
+fn answer_all(batch: Batch, stored: &[RunVariable]) {
+    let by_key = by_key(stored);
+    for (m, tx) in batch {
+        let _ = tx.send(Ok(answer(&m, &by_key)));
+    }
 }
 
 /// Appends one `Run.VarsUpserted.v1` for the keys written, off the write path:
@@ -238,6 +347,13 @@ fn publish_written(
 }
 
 fn answer(m: &UpsertVars, by_key: &HashMap<&str, &RunVariable>) -> Upserted {
+    let upserted = m.items.len();
+    if m.seq.is_some() {
+        return Upserted {
+            upserted,
+            ..Upserted::default()
+        };
+    }
     let mut vars: Vec<RunVariable> = m
         .items
         .iter()
@@ -245,8 +361,9 @@ fn answer(m: &UpsertVars, by_key: &HashMap<&str, &RunVariable>) -> Upserted {
         .collect();
     vars.sort_by(|a, b| a.key.cmp(&b.key));
     Upserted {
-        upserted: m.items.len(),
+        upserted,
         vars,
+        duplicate: false,
     }
 }
 
@@ -254,7 +371,13 @@ fn answer(m: &UpsertVars, by_key: &HashMap<&str, &RunVariable>) -> Upserted {
 /// run's actor calls it only after the run's earlier events are appended, so
 /// the event follows them in commit order.
 #[tracing::instrument(level = "debug", skip_all, fields(run = %id))]
-async fn finish_run(db: &Db, tenant: &TenantId, id: Uuid, status: RunStatus) -> Result<Run> {
+async fn finish_run(
+    db: &Db,
+    tenant: &TenantId,
+    id: Uuid,
+    status: RunStatus,
+    seq: Option<i64>,
+) -> Result<Run> {
     let mut client = db.write().await?;
     let tx = client.transaction().await?;
     let run = sql::lock_run(&tx, id)
@@ -265,7 +388,7 @@ async fn finish_run(db: &Db, tenant: &TenantId, id: Uuid, status: RunStatus) -> 
         return Err(run_finished());
     }
     let now = store::now_ms();
-    let run = sql::finish_run(&tx, id, status, now).await?;
+    let run = sql::finish_run(&tx, id, status, seq, now).await?;
     let finished = run_event(
         &run,
         "Run.Finished.v1",

@@ -65,7 +65,12 @@ impl KeyedActor for ScriptActor {
 
     /// All version creates at the head of the queue together, or one
     /// PATCH or publish.
-    fn next(&mut self, key: Uuid, queue: &mut Queue<ScriptJob>) -> BoxFuture<'static, ()> {
+    fn next(
+        &mut self,
+        key: Uuid,
+        _: &mut Self::State,
+        queue: &mut Queue<ScriptJob>,
+    ) -> BoxFuture<'static, ()> {
         let db = self.db.clone();
         match queue.pop() {
             Some(ScriptJob::Create(first, tx)) => {

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod events;
 pub mod runs;
 pub mod scripts;
+pub mod stream;
 
 /// The `x-tenant-id` header, as the routes document it.
 #[derive(utoipa::IntoParams)]

@@ -221,6 +221,14 @@ view! {
         #[serde(serialize_with = "ts::option::serialize")]
         #[schema(value_type = Option<String>, format = DateTime)]
         ended_at: Option<DateTime<Utc>>,
+        /// The highest committed `seq` of the runner stream (0: never streamed).
+        #[schema(minimum = 0)]
+        stream_seq: i64,
+        /// The last start, variable write (refreshed at most about once a
+        /// second), finish or ping of an open runner stream.
+        #[serde(serialize_with = "ts::serialize")]
+        #[schema(value_type = String, format = DateTime)]
+        last_activity_at: DateTime<Utc>,
     }
 }
 

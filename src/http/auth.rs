@@ -200,9 +200,16 @@ pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-/// The only route that also takes the token as `?access_token=` (browsers'
-/// EventSource cannot send headers), when there is no Authorization header.
-pub const QUERY_TOKEN_ROUTE: &str = "/events/stream";
+/// The routes that also take the token as `?access_token=` when there is no
+/// Authorization header: the SSE stream (browsers' EventSource cannot send
+/// headers) and the runner stream (nor can browsers' WebSocket).
+pub fn takes_query_token(path: &str) -> bool {
+    path == "/events/stream"
+        || path
+            .strip_prefix("/runs/")
+            .and_then(|rest| rest.strip_suffix("/stream"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
 
 /// The `access_token` query parameter, percent-decoded.
 fn query_token(req: &HttpRequest) -> Option<String> {
@@ -221,7 +228,7 @@ pub fn authenticate_request(req: &HttpRequest) -> Result<Caller, ApiError> {
         return Ok(caller.clone());
     }
     let state = AppState::of(req)?;
-    let from_query = (req.path() == QUERY_TOKEN_ROUTE
+    let from_query = (takes_query_token(req.path())
         && !req.headers().contains_key(header::AUTHORIZATION))
     .then(|| query_token(req))
     .flatten();

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod paths;
 pub mod ratelimit;
+pub mod run_streams;
 pub mod state;
 pub mod tenant;
 pub mod validation;

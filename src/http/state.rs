@@ -23,6 +23,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// False from the moment shutdown begins: `/readyz` answers 503 at once.
     pub accepting: AtomicBool,
+    /// The open runner streams (`GET /runs/:runId/stream`).
+    pub run_streams: crate::http::run_streams::RunStreams,
 }
 
 impl AppState {

@@ -130,6 +130,19 @@ const ROUTE_ERRORS: &[(&str, &str, u16, &str)] = &[
     ("post", "/runs/{runId}/finish", 409, "RUN_FINISHED"),
     (
         "get",
+        "/runs/{runId}/stream",
+        400,
+        "VALIDATION_FAILED (not a UUID, not a WebSocket upgrade), TENANT_REQUIRED, TENANT_MISMATCH",
+    ),
+    ("get", "/runs/{runId}/stream", 409, "RUN_FINISHED"),
+    (
+        "get",
+        "/runs/{runId}/stream",
+        503,
+        "UNAVAILABLE: shutting down",
+    ),
+    (
+        "get",
         "/runs",
         400,
         "VALIDATION_FAILED (from > to, bad time, limit, cursor)",

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod commands;
 pub mod events;
 pub mod health;
+pub mod run_stream;
 pub mod runs;
 pub mod scripts;
 pub mod versions;
@@ -33,6 +34,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::finish_run)
         .service(runs::list_runs)
         .service(runs::get_run)
+        .service(run_stream::run_stream)
         .service(admin::list_actors)
         .service(admin::metrics);
 }

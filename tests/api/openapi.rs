@@ -25,6 +25,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("POST", "/runs/{runId}/finish"),
     ("GET", "/runs"),
     ("GET", "/runs/{runId}"),
+    ("GET", "/runs/{runId}/stream"),
     ("POST", "/commands"),
     ("GET", "/commands/{correlationId}"),
     ("POST", "/commands/{correlationId}/complete"),

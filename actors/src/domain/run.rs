@@ -25,6 +25,10 @@ pub struct Run {
     pub status: RunStatus,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// The highest committed `seq` of the runner stream (0: never streamed).
+    pub stream_seq: i64,
+    /// Start, variable writes, finish, pings of an open stream.
+    pub last_activity_at: DateTime<Utc>,
 }
 
 /// A run variable: exactly one of the four values is set; all four are shown.

@@ -55,6 +55,7 @@ impl Runs {
         }
         .ok_or_else(|| Error::not_found("version"))?
         .version;
+        let now = store::now_ms();
         let run = Run {
             id: Uuid::now_v7(),
             tenant_id: tenant.to_string(),
@@ -64,8 +65,10 @@ impl Runs {
             connector_type: new.connector_type,
             connector_key: new.connector_key,
             status: RunStatus::Running,
-            started_at: store::now_ms(),
+            started_at: now,
             ended_at: None,
+            stream_seq: 0,
+            last_activity_at: now,
         };
         sql::insert_run(&tx, &run).await?;
         let started = run_event(
@@ -88,12 +91,78 @@ impl Runs {
         tenant: TenantId,
         items: Vec<VarUpsert>,
     ) -> Result<Upserted> {
-        self.actors.ask(id, UpsertVars { tenant, items }).await
+        let seq = None;
+        self.actors.ask(id, UpsertVars { tenant, items, seq }).await
     }
 
     /// Finishes a run after its queued upserts.
     pub async fn finish(&self, id: Uuid, tenant: TenantId, status: RunStatus) -> Result<Run> {
-        self.actors.ask(id, FinishRun { tenant, status }).await
+        let seq = None;
+        self.actors
+            .ask(
+                id,
+                FinishRun {
+                    tenant,
+                    status,
+                    seq,
+                },
+            )
+            .await
+    }
+
+    /// A runner-stream `vars` frame: written with its `seq`, or answered as a
+    /// resend (`duplicate`) when the run's committed `seq` is at or above it.
+    pub async fn stream_vars(
+        &self,
+        id: Uuid,
+        tenant: TenantId,
+        items: Vec<VarUpsert>,
+        seq: i64,
+    ) -> Result<Upserted> {
+        let seq = Some(seq);
+        self.actors.ask(id, UpsertVars { tenant, items, seq }).await
+    }
+
+    /// A runner-stream `finish` frame.
+    pub async fn stream_finish(
+        &self,
+        id: Uuid,
+        tenant: TenantId,
+        status: RunStatus,
+        seq: i64,
+    ) -> Result<Run> {
+        let seq = Some(seq);
+        self.actors
+            .ask(
+                id,
+                FinishRun {
+                    tenant,
+                    status,
+                    seq,
+                },
+            )
+            .await
+    }
+
+    /// The run a runner stream opens on: the tenant's, RUNNING (else
+    /// `RUN_FINISHED`).
+    pub async fn stream_target(&self, tenant: &TenantId, id: Uuid) -> Result<Run> {
+        let client = self.db.read().await?;
+        let run = sql::get_run(&client, id)
+            .await?
+            .filter(|r| r.tenant_id == tenant.as_str())
+            .ok_or_else(|| Error::not_found("run"))?;
+        if run.status != RunStatus::Running {
+            return Err(crate::domain::run::run_finished());
+        }
+        Ok(run)
+    }
+
+    /// An open stream's ping: the run counts as active; false when it is not
+    /// RUNNING any more.
+    pub async fn touch(&self, id: Uuid) -> Result<bool> {
+        let client = self.db.write().await?;
+        sql::touch_run(&client, id, store::now_ms()).await
     }
 
     /// A run of the tenant with its variables sorted by key.

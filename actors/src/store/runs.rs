@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::domain::{Key, Page, Result, Run, RunStatus, RunVariable, VarUpsert, VarValue, Window};
 
 const RUN_COLUMNS: &str = "id, tenant_id, script_id, version, started_by_id, connector_type, \
-     connector_key, status, started_at, ended_at";
+     connector_key, status, started_at, ended_at, stream_seq, last_activity_at";
 
 fn run_from(row: &Row) -> Run {
     Run {
@@ -25,6 +25,8 @@ fn run_from(row: &Row) -> Run {
         status: RunStatus::parse(row.get("status")).unwrap_or(RunStatus::Running),
         started_at: row.get("started_at"),
         ended_at: row.get("ended_at"),
+        stream_seq: row.get("stream_seq"),
+        last_activity_at: row.get("last_activity_at"),
     }
 }
 
@@ -44,7 +46,7 @@ pub async fn insert_run(client: &impl GenericClient, r: &Run) -> Result<()> {
     let stmt = client
         .prepare_cached(
             "INSERT INTO script_runs (id, tenant_id, script_id, version, started_by_id, connector_type, \
-             connector_key, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             connector_key, status, started_at, last_activity_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         )
         .await?;
     client
@@ -79,58 +81,95 @@ pub async fn lock_run(client: &impl GenericClient, id: Uuid) -> Result<Option<Ru
     Ok(super::all(client, &sql, &[&id], run_from).await?.pop())
 }
 
+/// Finishes a run; a stream `finish` frame's `seq` becomes its `stream_seq`.
 pub async fn finish_run(
     client: &impl GenericClient,
     id: Uuid,
     status: RunStatus,
+    seq: Option<i64>,
     now: DateTime<Utc>,
 ) -> Result<Run> {
     let stmt = client
         .prepare_cached(&format!(
-            "UPDATE script_runs SET status = $2, ended_at = $3 WHERE id = $1 RETURNING {RUN_COLUMNS}"
+            "UPDATE script_runs SET status = $2, ended_at = $3, last_activity_at = $3, \
+               stream_seq = GREATEST(stream_seq, COALESCE($4::int8, 0)) WHERE id = $1 RETURNING {RUN_COLUMNS}"
         ))
         .await?;
     Ok(run_from(
         &client
-            .query_one(&stmt, &[&id, &status.as_str(), &now])
+            .query_one(&stmt, &[&id, &status.as_str(), &now, &seq])
             .await?,
     ))
 }
 
+/// One run's part of a variable write: distinct keys, and for runner-stream
+/// frames the first and last `seq` they carry.
+#[derive(Debug, Clone, Copy)]
+pub struct RunBatch<'a> {
+    pub run: Uuid,
+    pub items: &'a [VarUpsert],
+    pub seqs: Option<(i64, i64)>,
+}
+
+/// What became of one run's part of a variable write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunWrite {
+    /// Written: the stored rows.
+    Stored(Vec<RunVariable>),
+    /// Nothing written: the run is not RUNNING (or does not exist).
+    Finished,
+    /// Nothing written: the run's committed stream `seq` is already at or
+    /// above the batch's first `seq` (another connection, maybe in another
+    /// process, committed it).
+    Behind(i64),
+}
+
 /// Upserts the variables of one or more runs in ONE statement, each run's
-/// rows only while that run is RUNNING (its row is share-locked against a
-/// concurrent finish until the statement commits). `batches` holds distinct
-/// runs, each with distinct keys. Rows are written in (run, key) order, so
-/// two processes writing the same run cannot deadlock on them. Returns the
-/// stored rows by run; a run with items that is absent was not RUNNING.
+/// rows only while that run is RUNNING and, for stream frames, while its
+/// committed `seq` is below the batch's first: the run row is locked against
+/// a concurrent finish until the statement commits, and its `stream_seq`
+/// (and, at most once a second, `last_activity_at`) is updated in the same
+/// statement. `batches` holds distinct runs, each with distinct keys. Run rows
+/// are locked in id order and variable rows written in (run, key) order, so
+/// two processes writing the same runs cannot deadlock on them.
 #[tracing::instrument(level = "debug", skip_all, fields(runs = batches.len()))]
 pub async fn upsert_vars(
     client: &impl GenericClient,
-    batches: &[(Uuid, &[VarUpsert])],
+    batches: &[RunBatch<'_>],
     now: DateTime<Utc>,
-) -> Result<HashMap<Uuid, Vec<RunVariable>>> {
+) -> Result<HashMap<Uuid, RunWrite>> {
     let stmt = client
         .prepare_cached(
-            "WITH run AS (SELECT id FROM script_runs WHERE id = ANY($1::uuid[]) AND status = 'RUNNING' \
-               ORDER BY id FOR SHARE) \
-             INSERT INTO run_variables (run_id, key, str_val, num_val, bool_val, json_val, updated_at) \
-             SELECT u.run_id, u.key, u.s, u.n, u.b, u.j, $2 \
-             FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::float8[], $7::bool[], $8::jsonb[]) \
-               WITH ORDINALITY AS u(run_id, key, s, n, b, j, ord) \
-             WHERE u.run_id IN (SELECT id FROM run) \
-             ORDER BY u.ord \
-             ON CONFLICT (run_id, key) DO UPDATE SET str_val = EXCLUDED.str_val, num_val = EXCLUDED.num_val, \
-               bool_val = EXCLUDED.bool_val, json_val = EXCLUDED.json_val, updated_at = EXCLUDED.updated_at \
-             RETURNING run_id, key, str_val, num_val, bool_val, json_val, updated_at",
+            "WITH want AS (SELECT * FROM UNNEST($1::uuid[], $9::int8[], $10::int8[]) AS w(id, first_seq, last_seq)), \
+             run AS (SELECT r.id, r.status, r.stream_seq, r.last_activity_at, w.last_seq, \
+                 r.status = 'RUNNING' AND (w.first_seq IS NULL OR r.stream_seq < w.first_seq) AS ok \
+               FROM script_runs r JOIN want w ON w.id = r.id ORDER BY r.id FOR NO KEY UPDATE OF r), \
+             bump AS (UPDATE script_runs r SET stream_seq = COALESCE(run.last_seq, r.stream_seq), last_activity_at = $2 \
+               FROM run WHERE r.id = run.id AND run.ok \
+                 AND (run.last_seq IS NOT NULL OR run.last_activity_at < $2::timestamptz - interval '1 second')), \
+             ins AS (INSERT INTO run_variables (run_id, key, str_val, num_val, bool_val, json_val, updated_at) \
+               SELECT u.run_id, u.key, u.s, u.n, u.b, u.j, $2 \
+               FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::float8[], $7::bool[], $8::jsonb[]) \
+                 WITH ORDINALITY AS u(run_id, key, s, n, b, j, ord) \
+               WHERE u.run_id IN (SELECT id FROM run WHERE ok) \
+               ORDER BY u.ord \
+               ON CONFLICT (run_id, key) DO UPDATE SET str_val = EXCLUDED.str_val, num_val = EXCLUDED.num_val, \
+                 bool_val = EXCLUDED.bool_val, json_val = EXCLUDED.json_val, updated_at = EXCLUDED.updated_at \
+               RETURNING run_id, key, str_val, num_val, bool_val, json_val, updated_at) \
+             SELECT run_id, key, str_val, num_val, bool_val, json_val, updated_at, NULL::int8 AS behind FROM ins \
+             UNION ALL \
+             SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, CASE WHEN status = 'RUNNING' THEN stream_seq END \
+             FROM run WHERE NOT ok",
         )
         .await?;
     let mut rows: Vec<(Uuid, &VarUpsert)> = batches
         .iter()
-        .flat_map(|(run, items)| items.iter().map(move |i| (*run, i)))
+        .flat_map(|b| b.items.iter().map(move |i| (b.run, i)))
         .collect();
     rows.sort_unstable_by(|a, b| (a.0, a.1.key.as_str()).cmp(&(b.0, b.1.key.as_str())));
-    let mut runs: Vec<Uuid> = batches.iter().map(|(run, _)| *run).collect();
-    runs.sort_unstable();
+    let runs: Vec<Uuid> = batches.iter().map(|b| b.run).collect();
+    let firsts: Vec<Option<i64>> = batches.iter().map(|b| b.seqs.map(|s| s.0)).collect();
+    let lasts: Vec<Option<i64>> = batches.iter().map(|b| b.seqs.map(|s| s.1)).collect();
     let n = rows.len();
     let mut run_ids: Vec<Uuid> = Vec::with_capacity(n);
     let mut keys: Vec<&str> = Vec::with_capacity(n);
@@ -161,17 +200,45 @@ pub async fn upsert_vars(
     let stored = client
         .query(
             &stmt,
-            &[&runs, &now, &run_ids, &keys, &strs, &nums, &bools, &jsons],
+            &[
+                &runs, &now, &run_ids, &keys, &strs, &nums, &bools, &jsons, &firsts, &lasts,
+            ],
         )
         .await?;
-    let mut by_run: HashMap<Uuid, Vec<RunVariable>> = HashMap::new();
+    let mut by_run: HashMap<Uuid, RunWrite> = HashMap::new();
     for row in &stored {
-        by_run
-            .entry(row.get("run_id"))
-            .or_default()
-            .push(var_from(row));
+        let run: Uuid = row.get("run_id");
+        let key: Option<String> = row.get("key");
+        if key.is_none() {
+            let outcome = match row.get::<_, Option<i64>>("behind") {
+                Some(seq) => RunWrite::Behind(seq),
+                None => RunWrite::Finished,
+            };
+            by_run.insert(run, outcome);
+            continue;
+        }
+        let entry = by_run
+            .entry(run)
+            .or_insert_with(|| RunWrite::Stored(Vec::new()));
+        if let RunWrite::Stored(vars) = entry {
+            vars.push(var_from(row));
+        }
+    }
+    for b in batches {
+        by_run.entry(b.run).or_insert(RunWrite::Finished);
     }
     Ok(by_run)
+}
+
+/// Marks a RUNNING run active now (an open runner stream's ping); false when
+/// it is not RUNNING.
+pub async fn touch_run(client: &impl GenericClient, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE script_runs SET last_activity_at = $2 WHERE id = $1 AND status = 'RUNNING'",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&id, &now]).await? == 1)
 }
 
 pub async fn list_vars(client: &impl GenericClient, run_id: Uuid) -> Result<Vec<RunVariable>> {

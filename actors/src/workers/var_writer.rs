@@ -16,20 +16,33 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
-use crate::domain::{Error, Result, RunVariable, VarUpsert};
+use crate::domain::{Error, Result, VarUpsert};
+use crate::store::runs::{RunBatch, RunWrite};
 use crate::store::{self, runs as sql, Db};
 
 /// Variable rows written in one statement at most (a request holds up to
 /// 500); a run actor's batch is bounded by it too.
 pub const MAX_ROWS: usize = 5000;
 
-/// The stored rows of one run's batch, or `None` when the run is not RUNNING.
-pub type Written = Result<Option<Vec<RunVariable>>>;
+/// What became of one run's batch.
+pub type Written = Result<RunWrite>;
 
 struct Job {
     run_id: Uuid,
     items: Vec<VarUpsert>,
+    /// The first and last stream `seq` of the frames in the batch.
+    seqs: Option<(i64, i64)>,
     reply: oneshot::Sender<Written>,
+}
+
+impl Job {
+    fn batch(&self) -> RunBatch<'_> {
+        RunBatch {
+            run: self.run_id,
+            items: &self.items,
+            seqs: self.seqs,
+        }
+    }
 }
 
 /// What the writer has done, for /metrics.
@@ -77,12 +90,28 @@ impl VarWriter {
 
     /// One run's batch in its own statement now, not grouped (the RunActor's
     /// request-by-request retry).
-    pub async fn write_alone(&self, run_id: Uuid, items: &[VarUpsert]) -> Written {
-        self.shared.write_alone(run_id, items).await
+    pub async fn write_alone(
+        &self,
+        run_id: Uuid,
+        items: &[VarUpsert],
+        seqs: Option<(i64, i64)>,
+    ) -> Written {
+        let batch = RunBatch {
+            run: run_id,
+            items,
+            seqs,
+        };
+        self.shared.write_alone(batch).await
     }
 
-    /// Writes one run's batch (distinct keys); answers after the commit.
-    pub async fn write(&self, run_id: Uuid, items: Vec<VarUpsert>) -> Written {
+    /// Writes one run's batch (distinct keys; `seqs`: the first and last
+    /// stream `seq` it carries); answers after the commit.
+    pub async fn write(
+        &self,
+        run_id: Uuid,
+        items: Vec<VarUpsert>,
+        seqs: Option<(i64, i64)>,
+    ) -> Written {
         let (reply, rx) = oneshot::channel();
         let stats = self.stats();
         stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -90,6 +119,7 @@ impl VarWriter {
             .send(Job {
                 run_id,
                 items,
+                seqs,
                 reply,
             })
             .map_err(|_| {
@@ -156,14 +186,12 @@ async fn write_group(writer: &Shared, mut jobs: Vec<Job>) {
     let (group, mut alone): (Vec<Job>, Vec<Job>) =
         jobs.into_iter().partition(|j| seen.insert(j.run_id));
     if group.len() > 1 {
-        let batches: Vec<(Uuid, &[VarUpsert])> = group
-            .iter()
-            .map(|j| (j.run_id, j.items.as_slice()))
-            .collect();
+        let batches: Vec<RunBatch<'_>> = group.iter().map(Job::batch).collect();
         match writer.write(&batches).await {
             Ok(mut stored) => {
                 for job in group {
-                    let _ = job.reply.send(Ok(stored.remove(&job.run_id)));
+                    let res = stored.remove(&job.run_id).unwrap_or(RunWrite::Finished);
+                    let _ = job.reply.send(Ok(res));
                 }
             }
             Err(e) => {
@@ -176,25 +204,23 @@ async fn write_group(writer: &Shared, mut jobs: Vec<Job>) {
         alone.splice(0..0, group);
     }
     for job in alone {
-        let res = writer.write_alone(job.run_id, &job.items).await;
+        let res = writer.write_alone(job.batch()).await;
         let _ = job.reply.send(res);
     }
 }
 
 impl Shared {
     /// One statement for `batches` (distinct runs), counted in the stats.
-    async fn write(
-        &self,
-        batches: &[(Uuid, &[VarUpsert])],
-    ) -> Result<HashMap<Uuid, Vec<RunVariable>>> {
-        let rows: usize = batches.iter().map(|(_, items)| items.len()).sum();
+    async fn write(&self, batches: &[RunBatch<'_>]) -> Result<HashMap<Uuid, RunWrite>> {
+        let rows: usize = batches.iter().map(|b| b.items.len()).sum();
         self.stats.statements.fetch_add(1, Ordering::Relaxed);
         self.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
         let client = self.db.write().await?;
         sql::upsert_vars(&client, batches, store::now_ms()).await
     }
 
-    async fn write_alone(&self, run_id: Uuid, items: &[VarUpsert]) -> Written {
-        Ok(self.write(&[(run_id, items)]).await?.remove(&run_id))
+    async fn write_alone(&self, batch: RunBatch<'_>) -> Written {
+        let mut stored = self.write(&[batch]).await?;
+        Ok(stored.remove(&batch.run).unwrap_or(RunWrite::Finished))
     }
 }
