@@ -14,3 +14,4 @@ mod runs;
 mod scripts;
 mod security;
 mod smoke;
+mod stream;
