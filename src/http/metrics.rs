@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 
 use actors::service::{BusState, Services};
 
+use crate::http::run_streams::RunStreams;
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -24,6 +26,8 @@ pub struct Metrics {
     sse_sessions: IntGauge,
     events: IntGauge,
     var_writes: IntGaugeVec,
+    run_streams: IntGauge,
+    stream_frames: IntGaugeVec,
     bus: BusMetrics,
 }
 
@@ -181,6 +185,20 @@ impl Metrics {
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(var_writes.clone()))?;
+        let run_streams = IntGauge::new(
+            "run_streams_open",
+            "Open runner streams (GET /runs/:runId/stream) in this process",
+        )?;
+        let stream_frames = IntGaugeVec::new(
+            Opts::new(
+                "run_stream_frames",
+                "Runner-stream frames answered since start: acked (committed), duplicate \
+                 (a resend of a committed frame), refused (an error frame)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(run_streams.clone()))?;
+        registry.register(Box::new(stream_frames.clone()))?;
         register_build_info(&registry)?;
         Ok(Metrics {
             bus: BusMetrics::new(&registry)?,
@@ -195,6 +213,8 @@ impl Metrics {
             sse_sessions,
             events,
             var_writes,
+            run_streams,
+            stream_frames,
         })
     }
 
@@ -208,7 +228,7 @@ impl Metrics {
     }
 
     /// The text exposition, with the scrape-time gauges refreshed.
-    pub async fn render(&self, services: &Services) -> String {
+    pub async fn render(&self, services: &Services, streams: &RunStreams) -> String {
         let (size, available, max) = services.pool_status();
         for (what, v) in [
             ("in_use", size - available),
@@ -246,6 +266,16 @@ impl Metrics {
         ] {
             self.var_writes
                 .with_label_values(&[what])
+                .set(v.load(Ordering::Relaxed) as i64);
+        }
+        self.run_streams.set(streams.open_count() as i64);
+        for (outcome, v) in [
+            ("acked", &streams.stats.acked),
+            ("duplicate", &streams.stats.duplicates),
+            ("refused", &streams.stats.refused),
+        ] {
+            self.stream_frames
+                .with_label_values(&[outcome])
                 .set(v.load(Ordering::Relaxed) as i64);
         }
         self.bus.refresh(services);

@@ -19,6 +19,29 @@ pub struct RunStreams {
     next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
     closed: Notify,
+    pub stats: StreamStats,
+}
+
+/// Frames answered on the runner streams of this process, since start.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub acked: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+impl StreamStats {
+    pub fn count(&self, frame: &crate::dto::stream::OutFrame) {
+        use crate::dto::stream::OutFrame;
+        let counter = match frame {
+            OutFrame::Ack {
+                duplicate: true, ..
+            } => &self.duplicates,
+            OutFrame::Ack { .. } | OutFrame::Finished { .. } => &self.acked,
+            OutFrame::Error { .. } => &self.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for RunStreams {
@@ -28,6 +51,7 @@ impl Default for RunStreams {
             next_id: AtomicU64::new(1),
             shutdown: watch::Sender::new(false),
             closed: Notify::new(),
+            stats: StreamStats::default(),
         }
     }
 }

@@ -64,7 +64,10 @@ pub async fn list_actors(caller: Caller, state: State, query: Query<ActorsQuery>
 #[get("/metrics")]
 pub async fn metrics(caller: Caller, state: State) -> ApiResult {
     caller.require_admin()?;
-    let text = state.metrics.render(&state.services).await;
+    let text = state
+        .metrics
+        .render(&state.services, &state.run_streams)
+        .await;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))

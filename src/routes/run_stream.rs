@@ -27,7 +27,7 @@ use crate::dto::stream::{parse_frame, InFrame, OutFrame};
 use crate::http::auth::authenticate_request;
 use crate::http::error::{ApiError, ApiResult, Code};
 use crate::http::extract::{path_uuid, Query};
-use crate::http::run_streams::Registration;
+use crate::http::run_streams::{Registration, StreamStats};
 use crate::http::state::{State, Svc};
 use crate::http::tenant::TenantHeader;
 
@@ -103,8 +103,9 @@ pub async fn run_stream(
         ping: Duration::from_secs(state.settings.runs.stream_ping_secs.max(1)),
     };
     actix_web::rt::spawn(async move {
-        let registration = state.run_streams.register(run_id);
-        conn.drive(session, msgs, registration).await;
+        let streams = &state.run_streams;
+        conn.drive(session, msgs, streams.register(run_id), &streams.stats)
+            .await;
     });
     Ok(response)
 }
@@ -220,6 +221,7 @@ impl Conn {
         mut session: Session,
         mut msgs: AggregatedMessageStream,
         mut reg: Registration<'_>,
+        stats: &StreamStats,
     ) {
         self.touch();
         let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -242,6 +244,7 @@ impl Conn {
                 Some(out) = pending.next(), if !pending.is_empty() => {
                     bytes -= out.bytes;
                     edge.settle(&out, pending.is_empty());
+                    stats.count(&out.frame);
                     ending = self.send(&mut session, &out.frame).await.err().or(out.end);
                 }
                 _ = &mut reg.replaced => ending = Some(Ending::Replaced),
@@ -273,7 +276,7 @@ impl Conn {
                 }
             }
         }
-        self.finish(session, pending, ending.unwrap_or(Ending::Gone))
+        self.finish(session, pending, ending.unwrap_or(Ending::Gone), stats)
             .await;
     }
 
@@ -283,9 +286,11 @@ impl Conn {
         mut session: Session,
         mut pending: FuturesOrdered<Pending>,
         ending: Ending,
+        stats: &StreamStats,
     ) {
         let mut reachable = ending != Ending::Gone;
         while let Some(out) = pending.next().await {
+            stats.count(&out.frame);
             if reachable && self.send(&mut session, &out.frame).await.is_err() {
                 reachable = false;
             }

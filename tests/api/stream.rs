@@ -170,6 +170,19 @@ async fn a_thousand_pipelined_frames_are_acked_in_order_and_resends_are_flagged(
         .await
         .unwrap();
     assert_eq!(rows.get::<_, i64>(0), 50);
+    eventually(WAIT, || async {
+        (app.state.run_streams.open_count() == 0).then_some(())
+    })
+    .await;
+    let metrics = app.admin_get("/metrics").await.text().await.unwrap();
+    for line in [
+        "scriptd_run_stream_frames{outcome=\"acked\"} 1001",
+        "scriptd_run_stream_frames{outcome=\"duplicate\"} 11",
+        "scriptd_run_stream_frames{outcome=\"refused\"} 0",
+        "scriptd_run_streams_open 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[actix_web::test]
