@@ -252,7 +252,7 @@ impl Conn {
                 _ = ping.tick() => {
                     if heard.elapsed() >= self.ping * 3 {
                         ending = Some(Ending::Silent);
-                    } else if session.ping(b"").await.is_err() {
+                    } else if self.within(session.ping(b"")).await.is_err() {
                         ending = Some(Ending::Gone);
                     } else {
                         self.touch();
@@ -269,7 +269,7 @@ impl Conn {
                             None
                         }
                         Some(Ok(AggregatedMessage::Binary(_))) => Some(Ending::Binary),
-                        Some(Ok(AggregatedMessage::Ping(b))) => session.pong(&b).await.err().map(|_| Ending::Gone),
+                        Some(Ok(AggregatedMessage::Ping(b))) => self.within(session.pong(&b)).await.err(),
                         Some(Ok(AggregatedMessage::Pong(_))) => None,
                         Some(Ok(AggregatedMessage::Close(_))) => Some(Ending::ClientClosed),
                     };
@@ -301,10 +301,15 @@ impl Conn {
         tracing::debug!(run = %self.run, ?ending, "runner stream closed");
     }
 
-    /// Sends one frame; a runner that takes nothing for three ping intervals
-    /// is treated as gone.
+    /// Sends one frame.
     async fn send(&self, session: &mut Session, frame: &OutFrame) -> Result<(), Ending> {
-        match tokio::time::timeout(self.ping * 3, session.text(frame.to_text())).await {
+        self.within(session.text(frame.to_text())).await
+    }
+
+    /// A send to the runner; one that takes nothing for three ping intervals
+    /// is treated as gone.
+    async fn within<E>(&self, send: impl Future<Output = Result<(), E>>) -> Result<(), Ending> {
+        match tokio::time::timeout(self.ping * 3, send).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Ending::Gone),
         }
