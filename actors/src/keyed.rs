@@ -341,6 +341,9 @@ pub trait KeyedActor: Sized + Unpin + 'static {
     /// Applies what a unit of work reported to the state.
     fn done(_state: &mut Self::State, _done: Self::Done) {}
 
+    /// A job is refused because the queue is full (the state may remember it).
+    fn refused_busy(_state: &mut Self::State, _job: &Self::Job) {}
+
     /// Jobs queued at most before new ones are refused as busy.
     fn queue_max(&self) -> usize {
         usize::MAX
@@ -508,6 +511,9 @@ impl<A: KeyedActor> Keyed<A> {
     fn enqueue(&mut self, job: A::Job, ctx: &mut Context<Self>) {
         if self.queue.len() >= self.kind.queue_max() {
             self.meta.received();
+            if let Phase::Known(_, state) = &mut self.phase {
+                A::refused_busy(state, &job);
+            }
             job.refuse(Error::rejected_with(
                 ErrorCode::Busy,
                 format!("the {}'s write queue is full; retry shortly", A::KIND),

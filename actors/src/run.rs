@@ -15,7 +15,7 @@ use crate::domain::run::{run_event, run_finished};
 use crate::domain::{
     Error, ErrorCode, NewEvent, Result, Run, RunStatus, RunVariable, TenantId, VarUpsert,
 };
-use crate::keyed::{self, KeyedActor, Loading, Queue};
+use crate::keyed::{self, Job, KeyedActor, Loading, Queue};
 use crate::store::runs::RunWrite;
 use crate::store::{self, events, runs as sql, Db};
 use crate::workers::appender::EventPublisher;
@@ -59,6 +59,10 @@ pub struct RunState {
     /// The highest stream `seq` known committed (the statement re-checks it:
     /// another process may have committed more).
     stream_seq: i64,
+    /// The lowest stream `seq` refused since (a full queue, a failed write):
+    /// later frames are refused too until it is sent again, so that no frame
+    /// commits past a gap (its resend would then pass for a duplicate).
+    gap: Option<i64>,
 }
 
 /// What one unit of work of a run actor reports.
@@ -66,6 +70,8 @@ pub struct RunState {
 pub struct RunDone {
     finished: bool,
     stream_seq: Option<i64>,
+    /// The lowest stream `seq` that failed.
+    failed: Option<i64>,
 }
 
 /// The run kind of keyed actor, with the handles every run actor shares.
@@ -94,6 +100,7 @@ impl KeyedActor for RunActor {
                 let state = RunState {
                     finished,
                     stream_seq: r.stream_seq,
+                    gap: None,
                 };
                 (r.tenant_id, state)
             }))
@@ -120,12 +127,8 @@ impl KeyedActor for RunActor {
         state: &mut RunState,
         queue: &mut Queue<RunJob>,
     ) -> BoxFuture<'static, RunDone> {
-        let committed = state.stream_seq;
-        let resend =
-            |j: &RunJob| matches!(j, RunJob::Upsert(m, _) if m.seq.is_some_and(|s| s <= committed));
-        while let Some(RunJob::Upsert(_, tx)) = queue.pop_if(resend) {
-            let _ = tx.send(Ok(Upserted::resent()));
-        }
+        answer_resends_and_gaps(state, queue);
+        let gap = state.gap;
         match queue.pop() {
             Some(RunJob::Upsert(m, tx)) => {
                 let tenant = m.tenant.clone();
@@ -135,9 +138,11 @@ impl KeyedActor for RunActor {
                 while rows < MAX_ROWS {
                     // A frame whose seq does not grow waits for the next round
                     // (a resend by then, or written if this batch fails).
+                    // (A frame at or past a gap waits for the head check.)
                     let same = |j: &RunJob| {
                         matches!(j, RunJob::Upsert(m, _)
-                            if m.tenant == tenant && m.seq.is_none_or(|s| s > high))
+                            if m.tenant == tenant
+                                && m.seq.is_none_or(|s| s > high && gap.is_none_or(|g| s < g)))
                     };
                     match queue.pop_if(same) {
                         Some(RunJob::Upsert(m, tx)) => {
@@ -163,10 +168,11 @@ impl KeyedActor for RunActor {
                         Ok(run) => RunDone {
                             finished: true,
                             stream_seq: Some(run.stream_seq),
+                            failed: None,
                         },
                         Err(e) => RunDone {
                             finished: e.code() == Some(ErrorCode::RunFinished),
-                            stream_seq: None,
+                            ..RunDone::default()
                         },
                     };
                     let _ = tx.send(res);
@@ -183,10 +189,54 @@ impl KeyedActor for RunActor {
         if let Some(seq) = done.stream_seq {
             state.stream_seq = state.stream_seq.max(seq);
         }
+        if let Some(seq) = done.failed {
+            state.gap = Some(state.gap.map_or(seq, |g| g.min(seq)));
+        }
+    }
+
+    fn refused_busy(state: &mut RunState, job: &RunJob) {
+        if let RunJob::Upsert(m, _) = job {
+            if let Some(seq) = m.seq.filter(|s| *s > state.stream_seq) {
+                state.gap = Some(state.gap.map_or(seq, |g| g.min(seq)));
+            }
+        }
     }
 
     fn queue_max(&self) -> usize {
         self.queue_max
+    }
+}
+
+/// At the head of the queue: resends (a stream `seq` at or below the
+/// committed one) are answered at once, everything queued before them having
+/// committed; frames past a gap are refused; the gap's own `seq` sent again
+/// closes it (frames below it, queued before it opened, go on as usual).
+fn answer_resends_and_gaps(state: &mut RunState, queue: &mut Queue<RunJob>) {
+    loop {
+        let (committed, gap) = (state.stream_seq, state.gap);
+        let seq_of = |j: &RunJob| match j {
+            RunJob::Upsert(m, _) => m.seq,
+            RunJob::Finish(..) => None,
+        };
+        let Some(seq) = queue.front().and_then(seq_of) else {
+            return;
+        };
+        if seq <= committed {
+            if let Some(RunJob::Upsert(_, tx)) = queue.pop() {
+                let _ = tx.send(Ok(Upserted::resent()));
+            }
+        } else if let Some(g) = gap.filter(|g| seq > *g) {
+            if let Some(job) = queue.pop() {
+                job.refuse(Error::Unavailable(anyhow::anyhow!(
+                    "frame {g} was refused: send it again before later frames"
+                )));
+            }
+        } else {
+            if gap == Some(seq) {
+                state.gap = None;
+            }
+            return;
+        }
     }
 }
 
@@ -264,7 +314,8 @@ async fn commit_upserts(
                 }
             }
             Err(e) if batch.len() == 1 => {
-                if let Some((_, tx)) = batch.into_iter().next() {
+                if let Some((m, tx)) = batch.into_iter().next() {
+                    done.failed = m.seq;
                     let _ = tx.send(Err(e));
                 }
             }
@@ -288,6 +339,12 @@ async fn retry_alone(
     written_keys: &mut Vec<String>,
 ) {
     for (m, tx) in batch {
+        if let (Some(seq), Some(failed)) = (m.seq, done.failed) {
+            // No frame commits past one that failed.
+            let e = anyhow::anyhow!("frame {failed} was refused: send it again before later frames");
+            let _ = (seq, tx.send(Err(Error::Unavailable(e))));
+            continue;
+        }
         let seqs = m.seq.map(|s| (s, s));
         let res = match writer.write_alone(id, &m.items, seqs).await {
             Ok(RunWrite::Stored(stored)) => {
@@ -304,7 +361,12 @@ async fn retry_alone(
                 done.finished = true;
                 Err(run_finished())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if let Some(seq) = m.seq {
+                    done.failed = Some(done.failed.map_or(seq, |f| f.min(seq)));
+                }
+                Err(e)
+            }
         };
         let _ = tx.send(res);
     }

@@ -775,3 +775,44 @@ async fn shutdown_acks_what_committed_then_closes_with_1001() {
         "every ack sent is committed and every commit acked"
     );
 }
+
+#[actix_web::test]
+async fn after_a_refused_frame_no_later_frame_commits_until_it_is_sent_again() {
+    // A queue of one: a pipelined stream overflows it at once.
+    let app = spawn_app_with(|s| s.actors.run_queue_max = 1).await;
+    let run = new_run(&app, "st-13").await;
+    let mut ws = open(&app.address, &run).await;
+    let frame_of = |seq: i64| vars_frame(seq, json!([{ "key": format!("k{seq}"), "numVal": seq }]));
+    for seq in 1..=300 {
+        ws.feed(frame_of(seq)).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let mut gap = None;
+    for seq in 1..=300 {
+        let got = frame(&mut ws).await;
+        assert_eq!(got["seq"], seq, "{got}");
+        match gap {
+            None if got["type"] == "ack" => assert_eq!(got, ack(seq, 1)),
+            None => {
+                assert_eq!(got["code"], "UNAVAILABLE", "{got}");
+                gap = Some(seq);
+            }
+            // Past the first refusal nothing commits.
+            Some(_) => assert_eq!(got["code"], "UNAVAILABLE", "{got}"),
+        }
+    }
+    let gap = gap.expect("the queue never filled");
+    assert_eq!(run_json(&app, &run).await["streamSeq"], gap - 1);
+    // The runner reconnects and resends from the refused frame: all of it
+    // is written, none of it passes for a duplicate.
+    drop(ws);
+    let mut ws = open(&app.address, &run).await;
+    for seq in gap..=300 {
+        ws.send(frame_of(seq)).await.unwrap();
+        assert_eq!(frame(&mut ws).await, ack(seq, 1));
+    }
+    let got = run_json(&app, &run).await;
+    assert_eq!(got["streamSeq"], 300);
+    let expected: HashMap<String, f64> = (1..=300).map(|s| (format!("k{s}"), s as f64)).collect();
+    assert_eq!(values(&got), expected);
+}
