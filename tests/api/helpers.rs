@@ -467,10 +467,15 @@ impl ServerProcess {
     /// Starts `scriptd serve` on `db_url` with `env` (`SCRIPTD__…` keys) and
     /// waits until it listens.
     pub async fn start(db_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_on(db_url, 0, env).await
+    }
+
+    /// `start` on a given port (0: a free one).
+    pub async fn start_on(db_url: &str, port: u16, env: &[(&str, &str)]) -> ServerProcess {
         let log = std::env::temp_dir().join(format!("scriptd-proc-{}.log", uuid::Uuid::now_v7()));
         let file = std::fs::File::create(&log).expect("create the log file");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scriptd"));
-        cmd.args(["serve", "--port", "0"])
+        cmd.args(["serve", "--port", &port.to_string()])
             .env("DATABASE_URL", db_url)
             .env_remove("PORT")
             .env("RUST_LOG", "info")

@@ -816,3 +816,49 @@ async fn after_a_refused_frame_no_later_frame_commits_until_it_is_sent_again() {
     let expected: HashMap<String, f64> = (1..=300).map(|s| (format!("k{s}"), s as f64)).collect();
     assert_eq!(values(&got), expected);
 }
+
+#[actix_web::test]
+async fn the_runner_client_rides_out_a_kill_9_and_every_update_lands_once() {
+    let db_url = fresh_database().await;
+    let app = spawn_app_on(&db_url, |_| {}).await;
+    let run = new_run(&app, "st-14").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = ServerProcess::start_on(&db_url, port, &[]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let cfg = scriptd_runner::RunnerConfig::new(base, TENANT, TOKEN, run.clone());
+    let runner = actix_web::rt::spawn(async move {
+        let mut runner = scriptd_runner::Runner::start(cfg).await?;
+        for seq in 1..=3000i64 {
+            let item = json!({ "key": format!("k{}", seq % 20), "numVal": seq });
+            runner.send_vars(vec![item]).await?;
+        }
+        let finished = runner.finish("SUCCEEDED").await?;
+        anyhow::Ok((runner.report().clone(), finished))
+    });
+    // kill -9 mid-stream, then a new scriptd on the same port.
+    eventually(WAIT, || async {
+        let seq = run_json(&app, &run).await["streamSeq"].as_i64().unwrap();
+        (seq >= 500).then_some(())
+    })
+    .await;
+    drop(server);
+    let _server = ServerProcess::start_on(&db_url, port, &[]).await;
+    let (report, finished) = runner.await.unwrap().expect("the runner finishes");
+    assert_eq!(report.acked, 3000, "{report:?}");
+    assert!(report.refused.is_empty(), "{report:?}");
+    assert!(report.reconnects >= 1, "{report:?}");
+    assert_eq!(
+        (finished["status"].clone(), finished["streamSeq"].clone()),
+        (json!("SUCCEEDED"), json!(3001))
+    );
+    let got = run_json(&app, &run).await;
+    let expected: HashMap<String, f64> = (2981..=3000)
+        .map(|s| (format!("k{}", s % 20), s as f64))
+        .collect();
+    assert_eq!(values(&got), expected);
+    assert_eq!(got["streamSeq"], 3001);
+}
