@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod bus;
 mod history;
+mod stream;
 
 const TENANT: &str = "bench";
 const GRAPH: &str = r#"{"nodes":[{"id":"n1"}],"edges":[]}"#;
@@ -51,6 +52,11 @@ struct Args {
     /// Audit rows of the deep script in `audit-depth`.
     #[arg(long, default_value_t = 1_000_000)]
     deep_rows: usize,
+    /// Keys per run of the `vars-stream` lines (0: 256 × variables per
+    /// frame, so no key repeats among a connection's frames in flight and the
+    /// server cannot merge two writes of one key into one row write).
+    #[arg(long, default_value_t = 0)]
+    stream_keys: usize,
     /// Comma-separated scenarios (default: all).
     #[arg(long)]
     only: Option<String>,
@@ -606,15 +612,19 @@ async fn vars(env: &Env, args: &Args) -> Result<Row> {
         let body = format!(r#"[{{"key":"k{}","numVal":{i}}}]"#, rng.below(KEYS)).into_bytes();
         ("POST", path, body, 200)
     };
-    let script = format!(
+    http_scenario(env, args, "vars", op, Some(vars_pgbench_script())).await
+}
+
+/// pgbench's single-row upsert over the 8 runs and 100 keys of `vars`.
+fn vars_pgbench_script() -> String {
+    format!(
         "\\set r random(0, {})
 \\set k random(0, {})
 INSERT INTO run_variables (run_id, key, num_val, updated_at) VALUES (('00000000-0000-7000-9000-' || lpad(:r::text, 12, '0'))::uuid, 'k' || :k, :k, now()) ON CONFLICT (run_id, key) DO UPDATE SET str_val = NULL, num_val = EXCLUDED.num_val, bool_val = NULL, json_val = NULL, updated_at = EXCLUDED.updated_at;
 ",
         RUNS - 1,
         KEYS - 1
-    );
-    http_scenario(env, args, "vars", op, Some(script)).await
+    )
 }
 
 /// `GET /healthz`: no database, no body to parse. The most requests scriptd
@@ -1043,10 +1053,13 @@ async fn main() -> Result<()> {
 }
 
 /// Every scenario, in the order they run and print.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 15] = [
     "version-hot",
     "version-spread",
     "vars",
+    "vars-stream",
+    "vars-stream-10",
+    "vars-stream-1k",
     "http-floor",
     "read",
     "command-to-event",
@@ -1078,6 +1091,9 @@ async fn run_scenario(name: &str, env: &Env, args: &Args) -> Result<Vec<Row>> {
         "version-hot" => version_hot(env, args).await,
         "version-spread" => version_spread(env, args).await,
         "vars" => vars(env, args).await,
+        "vars-stream" => stream::vars_stream(env, args).await,
+        "vars-stream-1k" => stream::vars_stream_1k(env, args).await,
+        "vars-stream-10" => stream::vars_stream_10(env, args).await,
         "http-floor" => http_floor(env, args).await,
         "read" => read(env, args).await,
         "command-to-event" => command_to_event(env, args).await,
