@@ -339,10 +339,11 @@ async fn retry_alone(
     written_keys: &mut Vec<String>,
 ) {
     for (m, tx) in batch {
-        if let (Some(seq), Some(failed)) = (m.seq, done.failed) {
+        if let (Some(_), Some(failed)) = (m.seq, done.failed) {
             // No frame commits past one that failed.
-            let e = anyhow::anyhow!("frame {failed} was refused: send it again before later frames");
-            let _ = (seq, tx.send(Err(Error::Unavailable(e))));
+            let e =
+                anyhow::anyhow!("frame {failed} was refused: send it again before later frames");
+            let _ = tx.send(Err(Error::Unavailable(e)));
             continue;
         }
         let seqs = m.seq.map(|s| (s, s));
