@@ -154,13 +154,73 @@ struct LineResult {
 }
 
 impl LineResult {
+    /// A result with nothing counted yet.
+    fn empty() -> Result<Self> {
+        Ok(LineResult {
+            acks: 0,
+            secs: 0.0,
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            cpu: Cpu::default(),
+            busy: 0.0,
+            peak_rss: 0,
+            error_frames: 0,
+            first_error: None,
+            bad_acks: 0,
+            broken: 0,
+            check: Vec::new(),
+            total_acks: 0,
+            keys: 0,
+            server: ServerStats::default(),
+            rss_before: 0,
+            rss_after: 0,
+        })
+    }
+
+    /// Adds what one connection saw.
+    fn add(&mut self, c: ConnResult) {
+        let _ = self.hist.add(&c.hist);
+        self.acks += c.acks;
+        self.total_acks += c.total_acks;
+        self.error_frames += c.error_frames;
+        self.bad_acks += c.bad_acks;
+        if c.total_acks + c.error_frames < c.sent {
+            self.broken += 1;
+        }
+        if self.first_error.is_none() {
+            self.first_error = c.first_error;
+        }
+    }
+
     /// The table row; `pg` is the pgbench comparison in rows/s.
     fn row(&self, line: &Line, pg: (f64, [f64; 2]), what: &str, target: f64) -> Row {
         let vars = (self.acks * line.vars_per_frame as u64) as f64;
         let rate = vars / self.secs;
         let per = |cpu: f64| cpu * 1e6 / vars;
-        let mib = |k: u64| k as f64 / 1024.0;
-        let mut notes = vec![format!(
+        let mut notes = vec![self.headline(line, rate / pg.0 >= target, what, target)];
+        self.server_notes(line, &mut notes);
+        self.resource_notes(&mut notes);
+        self.error_notes(&mut notes);
+        Row {
+            scenario: line.name.into(),
+            rps: Some(rate),
+            p50: Some(self.hist.value_at_quantile(0.5) as f64 / 1000.0),
+            p99: Some(self.hist.value_at_quantile(0.99) as f64 / 1000.0),
+            pgbench: Some(pg.0),
+            cpu_us: Some([
+                per(self.cpu.scriptd),
+                per(self.cpu.postgres),
+                per(self.cpu.client),
+            ]),
+            pgbench_cpu_us: Some(pg.1),
+            peak_rss_kib: Some(self.peak_rss),
+            note: notes.join("; "),
+        }
+    }
+
+    /// The first note: the line's shape, its frame rate and worst ack, and
+    /// whether it `met` its target against the pgbench comparison `what`.
+    fn headline(&self, line: &Line, met: bool, what: &str, target: f64) -> String {
+        format!(
             "{} runs and connections, {} var{}/frame over {} keys per run, ≤{INFLIGHT} frames in flight each; {:.0} frames/s, max ack {:.1} ms; {what}; target ≥ {target}× ({})",
             line.conns,
             line.vars_per_frame,
@@ -168,8 +228,13 @@ impl LineResult {
             self.keys,
             self.acks as f64 / self.secs,
             self.hist.max() as f64 / 1000.0,
-            if rate / pg.0 >= target { "met" } else { "missed" },
-        )];
+            if met { "met" } else { "missed" },
+        )
+    }
+
+    /// What scriptd's counters say: rows written, frames acked and refused,
+    /// streams and run actors left after closing.
+    fn server_notes(&self, line: &Line, notes: &mut Vec<String>) {
         let acked_vars = self.total_acks * line.vars_per_frame as u64;
         let sv = &self.server;
         notes.push(format!(
@@ -189,6 +254,11 @@ impl LineResult {
             "after closing: {} streams open, {} run actors live",
             sv.open, sv.run_actors
         ));
+    }
+
+    /// Cores busy in the measured window and scriptd's RSS.
+    fn resource_notes(&self, notes: &mut Vec<String>) {
+        let mib = |k: u64| k as f64 / 1024.0;
         let cores = |secs: f64| secs / self.secs;
         let ours = self.cpu.scriptd + self.cpu.postgres + self.cpu.client;
         notes.push(format!(
@@ -205,6 +275,10 @@ impl LineResult {
             mib(self.rss_before),
             mib(self.rss_after)
         ));
+    }
+
+    /// Error frames, bad acks, broken connections and the committed check.
+    fn error_notes(&self, notes: &mut Vec<String>) {
         notes.push(format!("{} error frames", self.error_frames));
         if let Some(e) = &self.first_error {
             notes.push(format!("first error frame: {e}"));
@@ -226,21 +300,6 @@ impl LineResult {
         } else {
             notes.push(format!("ERROR: committed check: {}", self.check.join(", ")));
         }
-        Row {
-            scenario: line.name.into(),
-            rps: Some(rate),
-            p50: Some(self.hist.value_at_quantile(0.5) as f64 / 1000.0),
-            p99: Some(self.hist.value_at_quantile(0.99) as f64 / 1000.0),
-            pgbench: Some(pg.0),
-            cpu_us: Some([
-                per(self.cpu.scriptd),
-                per(self.cpu.postgres),
-                per(self.cpu.client),
-            ]),
-            pgbench_cpu_us: Some(pg.1),
-            peak_rss_kib: Some(self.peak_rss),
-            note: notes.join("; "),
-        }
     }
 }
 
@@ -256,6 +315,42 @@ struct ConnResult {
     bad_acks: u64,
     /// Frames sent (the last seq).
     sent: u64,
+}
+
+impl ConnResult {
+    fn new() -> Self {
+        ConnResult {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+            acks: 0,
+            total_acks: 0,
+            error_frames: 0,
+            first_error: None,
+            bad_acks: 0,
+            sent: 0,
+        }
+    }
+
+    /// Counts the answer `text` to the frame `expect` (of `vpf` variables);
+    /// `latency` is its send → answer time if it came in the measured window.
+    fn answer(&mut self, text: &str, expect: u64, vpf: usize, latency: Option<Duration>) {
+        if text.starts_with(r#"{"type":"ack""#) {
+            let ok = field(text, r#""seq":"#) == Some(expect)
+                && field(text, r#""upserted":"#) == Some(vpf as u64);
+            if !ok {
+                self.bad_acks += 1;
+            }
+            self.total_acks += 1;
+            if let Some(latency) = latency {
+                self.acks += 1;
+                let _ = self.hist.record(latency.as_micros().max(1) as u64);
+            }
+        } else {
+            self.error_frames += 1;
+            if self.first_error.is_none() {
+                self.first_error = Some(text.chars().take(300).collect());
+            }
+        }
+    }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -285,6 +380,51 @@ async fn run_line(env: &Env, args: &Args, line: &Line) -> Result<LineResult> {
         INFLIGHT * vpf
     };
     let db = env.sql().await?;
+    insert_runs(&db, line, keys).await?;
+    let server_before = server_stats(env).await?;
+    let (rss_before, _) = env.rss();
+    let runs: Vec<String> = (0..line.conns)
+        .map(|i| stream_run_id(line.base, i))
+        .collect();
+    env.reset_peak();
+    let socks = open_all(env, &runs).await?;
+    let pids = (env.pid(), env.postmaster);
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.duration);
+    let sampler = spawn_sampler(pids, measure_from, end);
+    let tasks: Vec<_> = socks
+        .into_iter()
+        .map(|ws| tokio::spawn(drive(ws, vpf, keys, measure_from, end)))
+        .collect();
+    let (cpu, busy) = sampler.await.unwrap_or_default();
+    let (_, peak_rss) = env.rss();
+    let mut res = LineResult {
+        secs: args.duration as f64,
+        cpu,
+        busy,
+        peak_rss,
+        keys,
+        rss_before,
+        ..LineResult::empty()?
+    };
+    let mut acked = Vec::with_capacity(line.conns);
+    for t in tasks {
+        let c = t.await?;
+        acked.push(c.total_acks);
+        res.add(c);
+    }
+    // Let the peak include the drain after the window.
+    res.peak_rss = res.peak_rss.max(env.rss().1);
+    res.check = check(&db, &runs, &acked, keys).await?;
+    res.server = server_stats(env).await?.since(server_before);
+    res.rss_after = env.rss().0;
+    Ok(res)
+}
+
+/// Inserts the line's RUNNING runs and their `keys` variables, so every
+/// write of the stream is an update.
+async fn insert_runs(db: &tokio_postgres::Client, line: &Line, keys: usize) -> Result<()> {
     db.batch_execute(&format!(
         "INSERT INTO script_runs (id, tenant_id, script_id, version, status, started_at)
            SELECT ('00000000-0000-7000-b000-' || lpad(n::text, 12, '0'))::uuid, '{TENANT}', '{hot}', 1, 'RUNNING', now()
@@ -299,84 +439,36 @@ async fn run_line(env: &Env, args: &Args, line: &Line) -> Result<LineResult> {
         last_key = keys - 1,
     ))
     .await?;
-    let server_before = server_stats(env).await?;
-    let (rss_before, _) = env.rss();
-    let runs: Vec<String> = (0..line.conns)
-        .map(|i| stream_run_id(line.base, i))
-        .collect();
-    env.reset_peak();
+    Ok(())
+}
+
+/// Opens the stream of each of `runs`, 100 at a time.
+async fn open_all(env: &Env, runs: &[String]) -> Result<Vec<Ws>> {
     let addr = env.base.trim_start_matches("http://").to_string();
-    let mut socks = Vec::with_capacity(line.conns);
+    let mut socks = Vec::with_capacity(runs.len());
     for chunk in runs.chunks(100) {
         let opened = futures::future::join_all(chunk.iter().map(|r| open(&addr, r))).await;
         for ws in opened {
             socks.push(ws?);
         }
     }
-    let (scriptd, postmaster) = (env.pid(), env.postmaster);
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs(args.warmup);
-    let end = measure_from + Duration::from_secs(args.duration);
-    let sampler = tokio::spawn(async move {
+    Ok(socks)
+}
+
+/// The CPU used by scriptd, PostgreSQL (`pids`) and this process, and by the
+/// whole machine, from `measure_from` to `end`.
+fn spawn_sampler(
+    (scriptd, postmaster): (u32, u32),
+    measure_from: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<(Cpu, f64)> {
+    tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
         let (before, busy) = (cpu_now(scriptd, postmaster), machine_busy());
         tokio::time::sleep_until(end.into()).await;
         let used = cpu_now(scriptd, postmaster).since(before);
         (used, machine_busy() - busy)
-    });
-    let tasks: Vec<_> = socks
-        .into_iter()
-        .map(|ws| tokio::spawn(drive(ws, vpf, keys, measure_from, end)))
-        .collect();
-    let (cpu, busy) = sampler.await.unwrap_or_default();
-    let (_, peak_rss) = env.rss();
-    let mut res = LineResult {
-        acks: 0,
-        secs: args.duration as f64,
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        cpu,
-        busy,
-        peak_rss,
-        error_frames: 0,
-        first_error: None,
-        bad_acks: 0,
-        broken: 0,
-        check: Vec::new(),
-        total_acks: 0,
-        keys,
-        server: ServerStats::default(),
-        rss_before,
-        rss_after: 0,
-    };
-    let mut acked = Vec::with_capacity(line.conns);
-    for t in tasks {
-        let c = t.await?;
-        let _ = res.hist.add(&c.hist);
-        res.acks += c.acks;
-        res.total_acks += c.total_acks;
-        res.error_frames += c.error_frames;
-        res.bad_acks += c.bad_acks;
-        if c.total_acks + c.error_frames < c.sent {
-            res.broken += 1;
-        }
-        if res.first_error.is_none() {
-            res.first_error = c.first_error;
-        }
-        acked.push(c.total_acks);
-    }
-    // Let the peak include the drain after the window.
-    res.peak_rss = res.peak_rss.max(env.rss().1);
-    res.check = check(&db, &runs, &acked, keys).await?;
-    let after = server_stats(env).await?;
-    res.server = ServerStats {
-        statements: after.statements - server_before.statements,
-        rows: after.rows - server_before.rows,
-        acked: after.acked - server_before.acked,
-        refused: after.refused - server_before.refused,
-        ..after
-    };
-    res.rss_after = env.rss().0;
-    Ok(res)
+    })
 }
 
 /// CPU seconds the whole machine has spent busy (`/proc/stat`: all but idle and iowait).
@@ -410,6 +502,19 @@ struct ServerStats {
     /// Open streams and live run actors now.
     open: i64,
     run_actors: i64,
+}
+
+impl ServerStats {
+    /// These stats with the counters since `before` (the gauges as they are).
+    fn since(self, before: ServerStats) -> ServerStats {
+        ServerStats {
+            statements: self.statements - before.statements,
+            rows: self.rows - before.rows,
+            acked: self.acked - before.acked,
+            refused: self.refused - before.refused,
+            ..self
+        }
+    }
 }
 
 async fn server_stats(env: &Env) -> Result<ServerStats> {
@@ -522,6 +627,16 @@ fn field(text: &str, name: &str) -> Option<u64> {
     text[i..i + digits].parse().ok()
 }
 
+/// What the writer and the reader of one connection share.
+struct Flight {
+    /// A permit per frame that may still be sent.
+    window: Semaphore,
+    /// Send instants of the frames in flight, oldest first.
+    sent_at: Mutex<VecDeque<Instant>>,
+    /// Set when the reader stopped.
+    closed: AtomicBool,
+}
+
 /// Drives one connection: a writer that keeps up to `INFLIGHT` frames in
 /// flight until `end`, then waits for their answers and closes, and a reader
 /// that times each answer (they come in `seq` order).
@@ -533,104 +648,114 @@ async fn drive(
     end: Instant,
 ) -> ConnResult {
     let (mut sink, mut stream) = ws.split();
-    let window = Semaphore::new(INFLIGHT);
-    // Send instants of the frames in flight, oldest first.
-    let sent_at: Mutex<VecDeque<Instant>> = Mutex::new(VecDeque::with_capacity(INFLIGHT));
-    let closed = AtomicBool::new(false);
+    let flight = Flight {
+        window: Semaphore::new(INFLIGHT),
+        sent_at: Mutex::new(VecDeque::with_capacity(INFLIGHT)),
+        closed: AtomicBool::new(false),
+    };
     let keys: Vec<String> = (0..nkeys)
         .map(|k| format!(r#"{{"key":"k{k}","numVal":"#))
         .collect();
-    let writer = async {
-        let mut seq = 0u64;
-        let cap = 64 + vpf * 32;
-        'send: loop {
-            let Ok(permit) = window.acquire().await else {
-                break;
-            };
-            permit.forget();
-            let mut n = 1;
-            while let Ok(p) = window.try_acquire() {
-                p.forget();
-                n += 1;
-            }
-            let now = Instant::now();
-            if now >= end || closed.load(Ordering::Relaxed) {
-                window.add_permits(n);
-                break;
-            }
-            sent_at.lock().expect("lock").extend((0..n).map(|_| now));
-            for _ in 0..n {
-                seq += 1;
-                let mut text = String::with_capacity(cap);
-                frame(&keys, seq, vpf, &mut text);
-                if sink.feed(Message::text(text)).await.is_err() {
-                    break 'send;
-                }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
-        }
-        // Every answer back (or the reader gone), then the close handshake.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(30),
-            window.acquire_many(INFLIGHT as u32),
-        )
-        .await;
-        let _ = sink.send(Message::Close(None)).await;
-        seq
-    };
-    let reader = async {
-        let mut r = ConnResult {
-            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-            acks: 0,
-            total_acks: 0,
-            error_frames: 0,
-            first_error: None,
-            bad_acks: 0,
-            sent: 0,
-        };
-        let mut expect = 1u64;
-        let deadline = end + Duration::from_secs(60);
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline.into(), stream.next()).await
-        {
-            let Message::Text(text) = msg else {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-                continue;
-            };
-            let now = Instant::now();
-            let t0 = sent_at.lock().expect("lock").pop_front();
-            window.add_permits(1);
-            let text = text.as_str();
-            if text.starts_with(r#"{"type":"ack""#) {
-                let ok = field(text, r#""seq":"#) == Some(expect)
-                    && field(text, r#""upserted":"#) == Some(vpf as u64);
-                if !ok {
-                    r.bad_acks += 1;
-                }
-                r.total_acks += 1;
-                if let Some(t0) = t0 {
-                    if now >= measure_from && now <= end {
-                        r.acks += 1;
-                        let _ = r.hist.record((now - t0).as_micros().max(1) as u64);
-                    }
-                }
-            } else {
-                r.error_frames += 1;
-                if r.first_error.is_none() {
-                    r.first_error = Some(text.chars().take(300).collect());
-                }
-            }
-            expect += 1;
-        }
-        closed.store(true, Ordering::Relaxed);
-        // Unblock the writer if the stream ended early.
-        window.add_permits(INFLIGHT);
-        r
-    };
+    let writer = write_frames(&mut sink, &flight, &keys, vpf, end);
+    let reader = read_answers(&mut stream, &flight, vpf, measure_from, end);
     let (sent, mut r) = tokio::join!(writer, reader);
     r.sent = sent;
+    r
+}
+
+/// Waits for a free place in `window` and takes every free one: how many
+/// (`None` if the window is closed).
+async fn take_free(window: &Semaphore) -> Option<usize> {
+    let Ok(permit) = window.acquire().await else {
+        return None;
+    };
+    permit.forget();
+    let mut n = 1;
+    while let Ok(p) = window.try_acquire() {
+        p.forget();
+        n += 1;
+    }
+    Some(n)
+}
+
+/// The writer of `drive`: sends frames while the window has room until
+/// `end` or the reader stops, then waits for every answer and closes. The
+/// frames sent (the last seq).
+async fn write_frames(
+    sink: &mut futures::stream::SplitSink<Ws, Message>,
+    flight: &Flight,
+    keys: &[String],
+    vpf: usize,
+    end: Instant,
+) -> u64 {
+    let window = &flight.window;
+    let mut seq = 0u64;
+    let cap = 64 + vpf * 32;
+    'send: loop {
+        let Some(n) = take_free(window).await else {
+            break;
+        };
+        let now = Instant::now();
+        if now >= end || flight.closed.load(Ordering::Relaxed) {
+            window.add_permits(n);
+            break;
+        }
+        flight
+            .sent_at
+            .lock()
+            .expect("lock")
+            .extend((0..n).map(|_| now));
+        for _ in 0..n {
+            seq += 1;
+            let mut text = String::with_capacity(cap);
+            frame(keys, seq, vpf, &mut text);
+            if sink.feed(Message::text(text)).await.is_err() {
+                break 'send;
+            }
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+    }
+    // Every answer back (or the reader gone), then the close handshake.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        window.acquire_many(INFLIGHT as u32),
+    )
+    .await;
+    let _ = sink.send(Message::Close(None)).await;
+    seq
+}
+
+/// The reader of `drive`: counts and times each answer until the stream
+/// ends (or 60 s after `end`), then unblocks the writer.
+async fn read_answers(
+    stream: &mut futures::stream::SplitStream<Ws>,
+    flight: &Flight,
+    vpf: usize,
+    measure_from: Instant,
+    end: Instant,
+) -> ConnResult {
+    let mut r = ConnResult::new();
+    let mut expect = 1u64;
+    let deadline = end + Duration::from_secs(60);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline.into(), stream.next()).await {
+        let Message::Text(text) = msg else {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            continue;
+        };
+        let now = Instant::now();
+        let t0 = flight.sent_at.lock().expect("lock").pop_front();
+        flight.window.add_permits(1);
+        let measured = now >= measure_from && now <= end;
+        let latency = t0.filter(|_| measured).map(|t0| now - t0);
+        r.answer(text.as_str(), expect, vpf, latency);
+        expect += 1;
+    }
+    flight.closed.store(true, Ordering::Relaxed);
+    // Unblock the writer if the stream ended early.
+    flight.window.add_permits(INFLIGHT);
     r
 }

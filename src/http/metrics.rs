@@ -26,9 +26,48 @@ pub struct Metrics {
     sse_sessions: IntGauge,
     events: IntGauge,
     var_writes: IntGaugeVec,
-    run_streams: IntGauge,
-    stream_frames: IntGaugeVec,
+    streams: StreamMetrics,
     bus: BusMetrics,
+}
+
+/// The runner streams: open now, and the frames they answered since start.
+struct StreamMetrics {
+    open: IntGauge,
+    frames: IntGaugeVec,
+}
+
+impl StreamMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let open = IntGauge::new(
+            "run_streams_open",
+            "Open runner streams (GET /runs/:runId/stream) in this process",
+        )?;
+        let frames = IntGaugeVec::new(
+            Opts::new(
+                "run_stream_frames",
+                "Runner-stream frames answered since start: acked (committed), duplicate \
+                 (a resend of a committed frame), refused (an error frame)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(frames.clone()))?;
+        Ok(StreamMetrics { open, frames })
+    }
+
+    fn refresh(&self, streams: &RunStreams) {
+        self.open.set(streams.open_count() as i64);
+        let s = &streams.stats;
+        for (outcome, v) in [
+            ("acked", &s.acked),
+            ("duplicate", &s.duplicates),
+            ("refused", &s.refused),
+        ] {
+            self.frames
+                .with_label_values(&[outcome])
+                .set(v.load(Ordering::Relaxed) as i64);
+        }
+    }
 }
 
 /// The bus: connected or not, and its counters since start (set at scrape
@@ -185,21 +224,8 @@ impl Metrics {
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(var_writes.clone()))?;
-        let run_streams = IntGauge::new(
-            "run_streams_open",
-            "Open runner streams (GET /runs/:runId/stream) in this process",
-        )?;
-        let stream_frames = IntGaugeVec::new(
-            Opts::new(
-                "run_stream_frames",
-                "Runner-stream frames answered since start: acked (committed), duplicate \
-                 (a resend of a committed frame), refused (an error frame)",
-            ),
-            &["outcome"],
-        )?;
-        registry.register(Box::new(run_streams.clone()))?;
-        registry.register(Box::new(stream_frames.clone()))?;
         register_build_info(&registry)?;
+        let streams = StreamMetrics::new(&registry)?;
         Ok(Metrics {
             bus: BusMetrics::new(&registry)?,
             registry,
@@ -213,8 +239,7 @@ impl Metrics {
             sse_sessions,
             events,
             var_writes,
-            run_streams,
-            stream_frames,
+            streams,
         })
     }
 
@@ -268,16 +293,7 @@ impl Metrics {
                 .with_label_values(&[what])
                 .set(v.load(Ordering::Relaxed) as i64);
         }
-        self.run_streams.set(streams.open_count() as i64);
-        for (outcome, v) in [
-            ("acked", &streams.stats.acked),
-            ("duplicate", &streams.stats.duplicates),
-            ("refused", &streams.stats.refused),
-        ] {
-            self.stream_frames
-                .with_label_values(&[outcome])
-                .set(v.load(Ordering::Relaxed) as i64);
-        }
+        self.streams.refresh(streams);
         self.bus.refresh(services);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -30,15 +30,20 @@ pub struct StreamStats {
     pub refused: AtomicU64,
 }
 
+/// How one frame was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Acked,
+    Duplicate,
+    Refused,
+}
+
 impl StreamStats {
-    pub fn count(&self, frame: &crate::dto::stream::OutFrame) {
-        use crate::dto::stream::OutFrame;
-        let counter = match frame {
-            OutFrame::Ack {
-                duplicate: true, ..
-            } => &self.duplicates,
-            OutFrame::Ack { .. } | OutFrame::Finished { .. } => &self.acked,
-            OutFrame::Error { .. } => &self.refused,
+    pub fn count(&self, answered: Answered) {
+        let counter = match answered {
+            Answered::Acked => &self.acked,
+            Answered::Duplicate => &self.duplicates,
+            Answered::Refused => &self.refused,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -27,7 +27,7 @@ use crate::dto::stream::{parse_frame, InFrame, OutFrame};
 use crate::http::auth::authenticate_request;
 use crate::http::error::{ApiError, ApiResult, Code};
 use crate::http::extract::{path_uuid, Query};
-use crate::http::run_streams::{Registration, StreamStats};
+use crate::http::run_streams::{Answered, Registration, StreamStats};
 use crate::http::state::{State, Svc};
 use crate::http::tenant::TenantHeader;
 
@@ -244,7 +244,7 @@ impl Conn {
                 Some(out) = pending.next(), if !pending.is_empty() => {
                     bytes -= out.bytes;
                     edge.settle(&out, pending.is_empty());
-                    stats.count(&out.frame);
+                    stats.count(answered(&out.frame));
                     ending = self.send(&mut session, &out.frame).await.err().or(out.end);
                 }
                 _ = &mut reg.replaced => ending = Some(Ending::Replaced),
@@ -290,7 +290,7 @@ impl Conn {
     ) {
         let mut reachable = ending != Ending::Gone;
         while let Some(out) = pending.next().await {
-            stats.count(&out.frame);
+            stats.count(answered(&out.frame));
             if reachable && self.send(&mut session, &out.frame).await.is_err() {
                 reachable = false;
             }
@@ -415,6 +415,16 @@ impl Conn {
                 }
             }
         })
+    }
+}
+
+fn answered(frame: &OutFrame) -> Answered {
+    match frame {
+        OutFrame::Ack {
+            duplicate: true, ..
+        } => Answered::Duplicate,
+        OutFrame::Ack { .. } | OutFrame::Finished { .. } => Answered::Acked,
+        OutFrame::Error { .. } => Answered::Refused,
     }
 }
 

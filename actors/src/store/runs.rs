@@ -124,23 +124,8 @@ pub enum RunWrite {
     Behind(i64),
 }
 
-/// Upserts the variables of one or more runs in ONE statement, each run's
-/// rows only while that run is RUNNING and, for stream frames, while its
-/// committed `seq` is below the batch's first: the run row is locked against
-/// a concurrent finish until the statement commits, and its `stream_seq`
-/// (and, at most once a second, `last_activity_at`) is updated in the same
-/// statement. `batches` holds distinct runs, each with distinct keys. Run rows
-/// are locked in id order and variable rows written in (run, key) order, so
-/// two processes writing the same runs cannot deadlock on them.
-#[tracing::instrument(level = "debug", skip_all, fields(runs = batches.len()))]
-pub async fn upsert_vars(
-    client: &impl GenericClient,
-    batches: &[RunBatch<'_>],
-    now: DateTime<Utc>,
-) -> Result<HashMap<Uuid, RunWrite>> {
-    let stmt = client
-        .prepare_cached(
-            "WITH want AS (SELECT * FROM UNNEST($1::uuid[], $9::int8[], $10::int8[]) AS w(id, first_seq, last_seq)), \
+/// The statement of `upsert_vars`.
+const UPSERT_VARS: &str = "WITH want AS (SELECT * FROM UNNEST($1::uuid[], $9::int8[], $10::int8[]) AS w(id, first_seq, last_seq)), \
              run AS (SELECT r.id, r.status, r.stream_seq, r.last_activity_at, w.last_seq, \
                  r.status = 'RUNNING' AND (w.first_seq IS NULL OR r.stream_seq < w.first_seq) AS ok \
                FROM script_runs r JOIN want w ON w.id = r.id ORDER BY r.id FOR NO KEY UPDATE OF r), \
@@ -159,9 +144,73 @@ pub async fn upsert_vars(
              SELECT run_id, key, str_val, num_val, bool_val, json_val, updated_at, NULL::int8 AS behind FROM ins \
              UNION ALL \
              SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, CASE WHEN status = 'RUNNING' THEN stream_seq END \
-             FROM run WHERE NOT ok",
-        )
-        .await?;
+             FROM run WHERE NOT ok";
+
+/// The variable rows of a write as the statement's arrays.
+struct Columns<'a> {
+    run_ids: Vec<Uuid>,
+    keys: Vec<&'a str>,
+    strs: Vec<Option<&'a str>>,
+    nums: Vec<Option<f64>>,
+    bools: Vec<Option<bool>>,
+    jsons: Vec<Option<&'a Value>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: Vec<(Uuid, &'a VarUpsert)>) -> Self {
+        let n = rows.len();
+        let mut run_ids: Vec<Uuid> = Vec::with_capacity(n);
+        let mut keys: Vec<&str> = Vec::with_capacity(n);
+        let mut strs: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut nums: Vec<Option<f64>> = Vec::with_capacity(n);
+        let mut bools: Vec<Option<bool>> = Vec::with_capacity(n);
+        let mut jsons: Vec<Option<&Value>> = Vec::with_capacity(n);
+        for (run, i) in rows {
+            run_ids.push(run);
+            keys.push(i.key.as_str());
+            strs.push(match &i.value {
+                VarValue::Str(s) => Some(s.as_str()),
+                _ => None,
+            });
+            nums.push(match i.value {
+                VarValue::Num(n) => Some(n),
+                _ => None,
+            });
+            bools.push(match i.value {
+                VarValue::Bool(b) => Some(b),
+                _ => None,
+            });
+            jsons.push(match &i.value {
+                VarValue::Json(j) => Some(j),
+                _ => None,
+            });
+        }
+        Columns {
+            run_ids,
+            keys,
+            strs,
+            nums,
+            bools,
+            jsons,
+        }
+    }
+}
+
+/// Upserts the variables of one or more runs in ONE statement, each run's
+/// rows only while that run is RUNNING and, for stream frames, while its
+/// committed `seq` is below the batch's first: the run row is locked against
+/// a concurrent finish until the statement commits, and its `stream_seq`
+/// (and, at most once a second, `last_activity_at`) is updated in the same
+/// statement. `batches` holds distinct runs, each with distinct keys. Run rows
+/// are locked in id order and variable rows written in (run, key) order, so
+/// two processes writing the same runs cannot deadlock on them.
+#[tracing::instrument(level = "debug", skip_all, fields(runs = batches.len()))]
+pub async fn upsert_vars(
+    client: &impl GenericClient,
+    batches: &[RunBatch<'_>],
+    now: DateTime<Utc>,
+) -> Result<HashMap<Uuid, RunWrite>> {
+    let stmt = client.prepare_cached(UPSERT_VARS).await?;
     let mut rows: Vec<(Uuid, &VarUpsert)> = batches
         .iter()
         .flat_map(|b| b.items.iter().map(move |i| (b.run, i)))
@@ -170,38 +219,13 @@ pub async fn upsert_vars(
     let runs: Vec<Uuid> = batches.iter().map(|b| b.run).collect();
     let firsts: Vec<Option<i64>> = batches.iter().map(|b| b.seqs.map(|s| s.0)).collect();
     let lasts: Vec<Option<i64>> = batches.iter().map(|b| b.seqs.map(|s| s.1)).collect();
-    let n = rows.len();
-    let mut run_ids: Vec<Uuid> = Vec::with_capacity(n);
-    let mut keys: Vec<&str> = Vec::with_capacity(n);
-    let mut strs: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut nums: Vec<Option<f64>> = Vec::with_capacity(n);
-    let mut bools: Vec<Option<bool>> = Vec::with_capacity(n);
-    let mut jsons: Vec<Option<&Value>> = Vec::with_capacity(n);
-    for (run, i) in rows {
-        run_ids.push(run);
-        keys.push(i.key.as_str());
-        strs.push(match &i.value {
-            VarValue::Str(s) => Some(s.as_str()),
-            _ => None,
-        });
-        nums.push(match i.value {
-            VarValue::Num(n) => Some(n),
-            _ => None,
-        });
-        bools.push(match i.value {
-            VarValue::Bool(b) => Some(b),
-            _ => None,
-        });
-        jsons.push(match &i.value {
-            VarValue::Json(j) => Some(j),
-            _ => None,
-        });
-    }
+    let c = Columns::of(rows);
     let stored = client
         .query(
             &stmt,
             &[
-                &runs, &now, &run_ids, &keys, &strs, &nums, &bools, &jsons, &firsts, &lasts,
+                &runs, &now, &c.run_ids, &c.keys, &c.strs, &c.nums, &c.bools, &c.jsons, &firsts,
+                &lasts,
             ],
         )
         .await?;
