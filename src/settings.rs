@@ -151,6 +151,7 @@ pub struct LimitsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ActorsSettings {
     pub idle_secs: u64,
+    pub read_cache_bytes: usize,
     pub run_queue_max: usize,
     pub var_write_statements: usize,
 }

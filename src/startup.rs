@@ -97,6 +97,7 @@ fn services_config(s: &Settings, dispatcher: Dispatching) -> anyhow::Result<Serv
         startup_wait: Duration::from_secs(s.database.startup_wait_secs),
         read_pool_size: (s.database.pool_size / workers).max(2),
         actor_idle: Duration::from_secs(s.actors.idle_secs),
+        read_cache_bytes: s.actors.read_cache_bytes,
         run_queue_max: s.actors.run_queue_max,
         var_write_statements: s.actors.var_write_statements,
         session_buffer: s.events.session_buffer,

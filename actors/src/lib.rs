@@ -12,6 +12,7 @@ pub mod domain;
 pub mod hub;
 pub mod keyed;
 pub mod outbox;
+pub mod read_cache;
 pub mod run;
 pub mod script;
 pub mod service;

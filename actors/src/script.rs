@@ -34,8 +34,11 @@ pub struct CreateVersion {
     pub idem: Option<Idem<Version>>,
 }
 
+/// A created version, and the script's revision after its commit.
+pub type Created = (Version, i64);
+
 crate::keyed_jobs!(ScriptJob for ScriptActor {
-    Create(CreateVersion) -> Version, |c| &c.req.tenant;
+    Create(CreateVersion) -> Created, |c| &c.req.tenant;
     Patch(PatchRequest) -> ScriptView, |r| &r.tenant;
     Publish(PublishRequest) -> ScriptView, |r| &r.tenant;
 });
@@ -98,12 +101,12 @@ impl KeyedActor for ScriptActor {
 
 /// Commits a group of version creates; if the group transaction fails, each
 /// request is retried alone so that one bad request cannot fail the others.
-async fn commit_versions(db: Db, id: Uuid, batch: Vec<(CreateVersion, Reply<Version>)>) {
+async fn commit_versions(db: Db, id: Uuid, batch: Vec<(CreateVersion, Reply<Created>)>) {
     let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     match create_versions(&db, id, &requests).await {
-        Ok(outcomes) => {
+        Ok((outcomes, revision)) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
+                let _ = reply.send(outcome.map(|v| (v, revision)));
             }
         }
         Err(e) if requests.len() == 1 => {
@@ -116,7 +119,10 @@ async fn commit_versions(db: Db, id: Uuid, batch: Vec<(CreateVersion, Reply<Vers
             for (req, reply) in requests.iter().zip(replies) {
                 let outcome = create_versions(&db, id, std::slice::from_ref(req))
                     .await
-                    .and_then(|mut o| o.pop().unwrap_or_else(|| Err(Error::not_found("script"))));
+                    .and_then(|(mut o, revision)| {
+                        let one = o.pop().unwrap_or_else(|| Err(Error::not_found("script")));
+                        one.map(|v| (v, revision))
+                    });
                 let _ = reply.send(outcome);
             }
         }
@@ -307,25 +313,24 @@ fn rows_of<'a>(
 /// their own error without failing the others. Restores and merges read their
 /// sources under the script's row lock, so they see every earlier create.
 #[tracing::instrument(level = "debug", skip_all, fields(script = %script_id, group = requests.len()))]
+/// The outcomes, and the script's revision after the commit.
 async fn create_versions(
     db: &Db,
     script_id: Uuid,
     requests: &[CreateVersion],
-) -> Result<Vec<Result<Version>>> {
+) -> Result<(Vec<Result<Version>>, i64)> {
     let mut client = db.write().await?;
     let tx = client.transaction().await?;
     let Some(script) = sql::lock_script(&tx, script_id).await? else {
-        return Ok(requests
-            .iter()
-            .map(|_| Err(Error::not_found("script")))
-            .collect());
+        let none = requests.iter().map(|_| Err(Error::not_found("script")));
+        return Ok((none.collect(), 0));
     };
     let now = store::now_ms();
     let stored = sql::version_contents(&tx, script_id, &sources(&script, requests)).await?;
     let plan = plan_versions(&script, &stored, requests, now);
     let (rows, audits) = rows_of(&plan, requests);
     if rows.is_empty() {
-        return Ok(plan.outcomes);
+        return Ok((plan.outcomes, script.revision));
     }
     let count = rows.len() as i32;
     let last_actor = rows.last().map(|r| r.created_by_id).unwrap_or_default();
@@ -345,7 +350,7 @@ async fn create_versions(
         }
     }
     tx.commit().await?;
-    Ok(plan.outcomes)
+    Ok((plan.outcomes, script.revision + i64::from(count)))
 }
 
 async fn view_of(

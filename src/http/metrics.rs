@@ -27,6 +27,7 @@ pub struct Metrics {
     events: IntGauge,
     var_writes: IntGaugeVec,
     streams: StreamMetrics,
+    read_cache: IntGaugeVec,
     bus: BusMetrics,
 }
 
@@ -163,6 +164,18 @@ fn register_build_info(registry: &Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A gauge family with one label, registered.
+fn registered_gauges(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+) -> anyhow::Result<IntGaugeVec> {
+    let gauges = IntGaugeVec::new(Opts::new(name, help), &[label])?;
+    registry.register(Box::new(gauges.clone()))?;
+    Ok(gauges)
+}
+
 impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("scriptd".into()), None)?;
@@ -183,20 +196,21 @@ impl Metrics {
             ]),
             &["route", "method", "status"],
         )?;
-        let pool = IntGaugeVec::new(
-            Opts::new("db_pool_connections", "Pooled connections by state"),
-            &["state"],
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        let gauges = |name, help, label| registered_gauges(&registry, name, help, label);
+        let pool = gauges(
+            "db_pool_connections",
+            "Pooled connections by state",
+            "state",
         )?;
-        let actors_live =
-            IntGaugeVec::new(Opts::new("actors_live", "Live actors by kind"), &["kind"])?;
-        let mailbox = IntGaugeVec::new(
-            Opts::new("actor_mailbox_depth", "Queued messages by actor kind"),
-            &["kind"],
+        let actors_live = gauges("actors_live", "Live actors by kind", "kind")?;
+        let mailbox = gauges(
+            "actor_mailbox_depth",
+            "Queued messages by actor kind",
+            "kind",
         )?;
-        let outbox = IntGaugeVec::new(
-            Opts::new("outbox_commands", "Outbox commands by status"),
-            &["status"],
-        )?;
+        let outbox = gauges("outbox_commands", "Outbox commands by status", "status")?;
         let outbox_oldest = Gauge::new(
             "outbox_oldest_pending_age_seconds",
             "Age of the oldest PENDING command",
@@ -206,26 +220,23 @@ impl Metrics {
             "events_appended_total",
             "Events appended to the events table (by any process) since this process started",
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(pool.clone()))?;
-        registry.register(Box::new(actors_live.clone()))?;
-        registry.register(Box::new(mailbox.clone()))?;
-        registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(outbox_oldest.clone()))?;
         registry.register(Box::new(sse_sessions.clone()))?;
-        let var_writes = IntGaugeVec::new(
-            Opts::new(
-                "var_writer",
-                "Run variable writer: queued run batches, and since start: statements, \
-                 rows, failed groups retried run by run",
-            ),
-            &["what"],
+        let var_writes = gauges(
+            "var_writer",
+            "Run variable writer: queued run batches, and since start: statements, \
+             rows, failed groups retried run by run",
+            "what",
         )?;
         registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(var_writes.clone()))?;
         register_build_info(&registry)?;
         let streams = StreamMetrics::new(&registry)?;
+        let read_cache = gauges(
+            "read_cache",
+            "The script actors' read cache: bytes and entries held, and since start \
+             hits, misses, invalidations, evictions, suspensions (listener lost)",
+            "what",
+        )?;
         Ok(Metrics {
             bus: BusMetrics::new(&registry)?,
             registry,
@@ -240,6 +251,7 @@ impl Metrics {
             events,
             var_writes,
             streams,
+            read_cache,
         })
     }
 
@@ -294,6 +306,20 @@ impl Metrics {
                 .set(v.load(Ordering::Relaxed) as i64);
         }
         self.streams.refresh(streams);
+        let c = services.scripts.cache_stats();
+        for (what, v) in [
+            ("bytes", &c.bytes),
+            ("entries", &c.entries),
+            ("hits", &c.hits),
+            ("misses", &c.misses),
+            ("invalidations", &c.invalidations),
+            ("evictions", &c.evictions),
+            ("suspensions", &c.suspensions),
+        ] {
+            self.read_cache
+                .with_label_values(&[what])
+                .set(v.load(Ordering::Relaxed) as i64);
+        }
         self.bus.refresh(services);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -883,3 +883,13 @@ impl Drop for DevHandlerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The value of one series of `/metrics` (name with its labels), as scraped.
+pub async fn metric_value(app: &TestApp, series: &str) -> i64 {
+    let text = app.admin_get("/metrics").await.text().await.unwrap();
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}

@@ -10,6 +10,7 @@ mod hardening;
 mod hardening_reads;
 mod history;
 mod openapi;
+mod reads;
 mod runs;
 mod scripts;
 mod security;

@@ -565,12 +565,7 @@ async fn run_events_reach_the_stream_of_the_run() {
 }
 
 async fn writer_stat(app: &TestApp, what: &str) -> i64 {
-    let text = app.admin_get("/metrics").await.text().await.unwrap();
-    let prefix = format!("scriptd_var_writer{{what=\"{what}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    metric_value(app, &format!("scriptd_var_writer{{what=\"{what}\"}}")).await
 }
 
 /// Messages waiting in a run actor (its mailbox and its queue).

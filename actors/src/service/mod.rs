@@ -61,6 +61,8 @@ pub struct Config {
     /// Connections of each HTTP worker's read pool.
     pub read_pool_size: usize,
     pub actor_idle: Duration,
+    /// Bytes the script actors keep for reads, over all of them (0: none).
+    pub read_cache_bytes: usize,
     pub run_queue_max: usize,
     pub var_write_statements: usize,
     pub session_buffer: usize,
@@ -159,6 +161,7 @@ impl Services {
         )?;
         db.migrate().await?;
         let stats = Arc::new(HubStats::default());
+        let cache = Arc::new(crate::read_cache::ReadCache::new(c.read_cache_bytes));
         let hub = {
             let (db, stats) = (db.clone(), stats.clone());
             let (buffer, retention) = (c.session_buffer, c.retention_hours);
@@ -172,13 +175,12 @@ impl Services {
             .clone()
             .filter(|_| c.outbox_autorun)
             .map(|o| Singleton::start("outbox", move |meta| OutboxActor::new(o.clone(), meta)));
-        actix::spawn(listener::run(
-            db.url().to_string(),
-            listener::Targets {
-                hub: hub.clone(),
-                outbox: outbox_actor.clone(),
-            },
-        ));
+        let targets = listener::Targets {
+            hub: hub.clone(),
+            outbox: outbox_actor.clone(),
+            cache: cache.clone(),
+        };
+        actix::spawn(listener::run(db.url().to_string(), targets));
         let commands = Commands {
             db: db.clone(),
             outbox,
@@ -204,6 +206,7 @@ impl Services {
             scripts: Scripts {
                 db: db.clone(),
                 actors: crate::script::actors(db.clone(), c.actor_idle),
+                cache,
             },
             runs: Runs {
                 db: db.clone(),

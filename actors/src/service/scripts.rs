@@ -3,6 +3,8 @@
 //! ScriptActor. Creating a script is one transaction here (no actor owns an
 //! id that does not exist yet).
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::domain::history;
@@ -10,6 +12,7 @@ use crate::domain::{
     ActorId, AuditAction, AuditEntry, Error, NewScript, Page, PatchRequest, PublishRequest, Result,
     Script, ScriptStatus, ScriptView, TenantId, Version, VersionRequest, VersionSummary, Window,
 };
+use crate::read_cache::{CacheStats, ReadCache};
 use crate::script::{CreateVersion, ScriptActors};
 use crate::store::idempotency::Idem;
 pub use crate::store::scripts::ScriptFilter;
@@ -19,6 +22,8 @@ use crate::store::{self, scripts as sql, Db};
 pub struct Scripts {
     pub(crate) db: Db,
     pub(crate) actors: ScriptActors,
+    /// What the script actors keep for reads (see `read_cache`).
+    pub(crate) cache: Arc<ReadCache>,
 }
 
 impl Scripts {
@@ -70,17 +75,47 @@ impl Scripts {
         Ok(script)
     }
 
-    /// A script with its active version, in one round trip.
+    /// A script with its active version: from memory when cached, else in
+    /// one round trip (and cached).
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<ScriptView> {
+        Ok((*self.view(tenant, id).await?).clone())
+    }
+
+    /// The cached view of the tenant's script, loaded on a miss.
+    async fn view(&self, tenant: &TenantId, id: Uuid) -> Result<Arc<ScriptView>> {
+        if let Some(view) = self.cache.view(id) {
+            return match view.script.tenant_id == tenant.as_str() {
+                true => Ok(view),
+                false => Err(Error::not_found("script")),
+            };
+        }
+        let epoch = self.cache.epoch();
         let client = self.db.read().await?;
-        let (script, active_version) = sql::get_script_view(&client, tenant.as_str(), id)
+        // Loaded whatever the tenant asking, so that another tenant's miss
+        // cannot evict or skip what it may not see; answered only to its own.
+        let (script, active_version) = sql::load_script_view(&client, id)
             .await?
             .ok_or_else(|| Error::not_found("script"))?;
-        Ok(ScriptView {
+        let view = ScriptView {
             script,
             active_version,
-        })
+        };
+        self.cache.insert_view(view.clone(), epoch);
+        if view.script.tenant_id != tenant.as_str() {
+            return Err(Error::not_found("script"));
+        }
+        Ok(Arc::new(view))
+    }
+
+    /// After a write of this process committed: the new view is cached (or,
+    /// when it is not at hand, older ones dropped) before the writer hears.
+    fn written(&self, view: &ScriptView) {
+        self.cache.insert_view(view.clone(), self.cache.epoch());
+    }
+
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.cache.stats
     }
 
     pub async fn list(
@@ -94,7 +129,9 @@ impl Scripts {
     }
 
     pub async fn patch(&self, id: Uuid, req: PatchRequest) -> Result<ScriptView> {
-        self.actors.ask(id, req).await
+        let view = self.actors.ask(id, req).await?;
+        self.written(&view);
+        Ok(view)
     }
 
     pub async fn create_version(
@@ -103,11 +140,15 @@ impl Scripts {
         req: VersionRequest,
         idem: Option<Idem<Version>>,
     ) -> Result<Version> {
-        self.actors.ask(id, CreateVersion { req, idem }).await
+        let (version, revision) = self.actors.ask(id, CreateVersion { req, idem }).await?;
+        self.cache.invalidate(id, revision);
+        Ok(version)
     }
 
     pub async fn publish(&self, id: Uuid, req: PublishRequest) -> Result<ScriptView> {
-        self.actors.ask(id, req).await
+        let view = self.actors.ask(id, req).await?;
+        self.written(&view);
+        Ok(view)
     }
 
     /// A read connection and the tenant's script (404 when it is not one).
@@ -134,11 +175,23 @@ impl Scripts {
         sql::list_versions(&client, id, script.active_version_id, window).await
     }
 
+    /// A version: from memory when its script's view is cached at the
+    /// revision it was read at (`isActive` / `isPublished` follow the
+    /// script's revision), else read and cached.
     pub async fn version(&self, tenant: &TenantId, id: Uuid, version: i32) -> Result<Version> {
-        let (client, script) = self.script_of(tenant, id).await?;
-        sql::get_version(&client, id, version, script.active_version_id)
+        let view = self.view(tenant, id).await?;
+        let revision = view.script.revision;
+        if let Some(v) = self.cache.version(id, revision, version) {
+            return Ok((*v).clone());
+        }
+        let epoch = self.cache.epoch();
+        let client = self.db.read().await?;
+        let found = sql::get_version(&client, id, version, view.script.active_version_id)
             .await?
-            .ok_or_else(|| Error::not_found("version"))
+            .ok_or_else(|| Error::not_found("version"))?;
+        self.cache
+            .insert_version(id, revision, found.clone(), epoch);
+        Ok(found)
     }
 
     /// A script's audit trail, newest first.

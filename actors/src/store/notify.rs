@@ -9,6 +9,9 @@ use tokio_postgres::AsyncMessage;
 pub const EVENTS_CHANNEL: &str = "scriptd_events";
 /// NOTIFY channel announcing a new PENDING command.
 pub const OUTBOX_CHANNEL: &str = "scriptd_outbox";
+/// NOTIFY channel announcing a changed script row (payload: "<id> <revision>",
+/// sent by a trigger).
+pub const SCRIPTS_CHANNEL: &str = "scriptd_scripts";
 
 /// What the listening connection reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +21,21 @@ pub enum Notice {
     Listening,
     Events,
     Outbox,
+    Script {
+        id: uuid::Uuid,
+        revision: i64,
+    },
+    /// The listening connection failed (sent by its supervisor, in order
+    /// with the rest).
+    Lost,
+}
+
+fn script_change(payload: &str) -> Option<Notice> {
+    let (id, revision) = payload.split_once(' ')?;
+    Some(Notice::Script {
+        id: id.parse().ok()?,
+        revision: revision.parse().ok()?,
+    })
 }
 
 /// Connects, LISTENs on the channels asked for, and sends what arrives to
@@ -34,7 +52,10 @@ pub async fn listen_once(
         while let Some(msg) = messages.next().await {
             match msg {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if raw_tx.send(n.channel().to_string()).is_err() {
+                    if raw_tx
+                        .send((n.channel().to_string(), n.payload().to_string()))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -46,7 +67,7 @@ pub async fn listen_once(
             }
         }
     });
-    let mut listen = format!("LISTEN {EVENTS_CHANNEL};");
+    let mut listen = format!("LISTEN {EVENTS_CHANNEL}; LISTEN {SCRIPTS_CHANNEL};");
     if outbox {
         listen.push_str(&format!(" LISTEN {OUTBOX_CHANNEL};"));
     }
@@ -55,10 +76,14 @@ pub async fn listen_once(
     if tx.send(Notice::Listening).is_err() {
         return Ok(());
     }
-    while let Some(channel) = raw.recv().await {
+    while let Some((channel, payload)) = raw.recv().await {
         let notice = match channel.as_str() {
             EVENTS_CHANNEL => Notice::Events,
             OUTBOX_CHANNEL => Notice::Outbox,
+            SCRIPTS_CHANNEL => match script_change(&payload) {
+                Some(n) => n,
+                None => continue,
+            },
             _ => continue,
         };
         if tx.send(notice).is_err() {

@@ -352,9 +352,10 @@ pub async fn get_version_by_id(client: &impl GenericClient, id: Uuid) -> Result<
 }
 
 /// A script and its active version in one round trip.
-pub async fn get_script_view(
+/// A script (of any tenant: callers check) with its active version, in one
+/// statement.
+pub async fn load_script_view(
     client: &impl GenericClient,
-    tenant: &str,
     id: Uuid,
 ) -> Result<Option<(Script, Option<Version>)>> {
     let script_cols: String = SCRIPT_COLUMNS
@@ -368,10 +369,10 @@ pub async fn get_script_view(
                v.graph_json AS v_graph_json, v.variables_def AS v_variables_def, v.changelog AS v_changelog, \
                v.is_published AS v_is_published, v.created_by_id AS v_created_by_id, v.created_at AS v_created_at \
              FROM scripts s LEFT JOIN script_versions v ON v.id = s.active_version_id \
-             WHERE s.id = $1 AND s.tenant_id = $2"
+             WHERE s.id = $1"
         ))
         .await?;
-    let Some(row) = client.query_opt(&stmt, &[&id, &tenant]).await? else {
+    let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
         return Ok(None);
     };
     let script = script_from(&row);

@@ -6,25 +6,45 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
 use crate::hub::{EventHub, Wake};
 use crate::keyed::Singleton;
 use crate::outbox::{OutboxActor, Poke};
+use crate::read_cache::ReadCache;
 use crate::store::notify::{self, Notice};
 
 pub struct Targets {
     pub hub: Singleton<EventHub>,
     pub outbox: Option<Singleton<OutboxActor>>,
+    pub cache: Arc<ReadCache>,
 }
 
 impl Targets {
     fn wake(&self, notice: Notice) {
-        if notice != Notice::Outbox {
+        let (hub, outbox) = match notice {
+            Notice::Listening => {
+                self.cache.resume();
+                (true, true)
+            }
+            Notice::Events => (true, false),
+            Notice::Outbox => (false, true),
+            Notice::Script { id, revision } => {
+                self.cache.invalidate(id, revision);
+                (false, false)
+            }
+            // A change may go unnoticed until LISTEN is back: serve no
+            // cached state meanwhile.
+            Notice::Lost => {
+                self.cache.suspend();
+                (false, false)
+            }
+        };
+        if hub {
             self.hub.do_send(Wake);
         }
-        if notice != Notice::Events {
-            if let Some(o) = &self.outbox {
-                o.do_send(Poke);
-            }
+        if let (true, Some(o)) = (outbox, &self.outbox) {
+            o.do_send(Poke);
         }
     }
 }
@@ -43,6 +63,7 @@ pub async fn run(url: String, targets: Targets) {
         match notify::listen_once(&url, outbox, &tx).await {
             Ok(()) => return,
             Err(e) => {
+                let _ = tx.send(Notice::Lost);
                 tracing::warn!(error = %e, ?backoff, "LISTEN connection failed; reconnecting");
             }
         }
