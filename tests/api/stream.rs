@@ -833,7 +833,7 @@ async fn the_runner_client_rides_out_a_kill_9_and_every_update_lands_once() {
     let cfg = scriptd_runner::RunnerConfig::new(base, TENANT, TOKEN, run.clone());
     let runner = actix_web::rt::spawn(async move {
         let mut runner = scriptd_runner::Runner::start(cfg).await?;
-        for seq in 1..=3000i64 {
+        for seq in 1..=10_000i64 {
             let item = json!({ "key": format!("k{}", seq % 20), "numVal": seq });
             runner.send_vars(vec![item]).await?;
         }
@@ -849,17 +849,17 @@ async fn the_runner_client_rides_out_a_kill_9_and_every_update_lands_once() {
     drop(server);
     let _server = ServerProcess::start_on(&db_url, port, &[]).await;
     let (report, finished) = runner.await.unwrap().expect("the runner finishes");
-    assert_eq!(report.acked, 3000, "{report:?}");
+    assert_eq!(report.acked, 10_000, "{report:?}");
     assert!(report.refused.is_empty(), "{report:?}");
     assert!(report.reconnects >= 1, "{report:?}");
     assert_eq!(
         (finished["status"].clone(), finished["streamSeq"].clone()),
-        (json!("SUCCEEDED"), json!(3001))
+        (json!("SUCCEEDED"), json!(10_001))
     );
     let got = run_json(&app, &run).await;
-    let expected: HashMap<String, f64> = (2981..=3000)
+    let expected: HashMap<String, f64> = (9981..=10_000)
         .map(|s| (format!("k{}", s % 20), s as f64))
         .collect();
     assert_eq!(values(&got), expected);
-    assert_eq!(got["streamSeq"], 3001);
+    assert_eq!(got["streamSeq"], 10_001);
 }
