@@ -219,13 +219,30 @@ async fn command_flow(
     })
 }
 
-/// `command-full`: the in-process dev dispatcher at full rate.
+/// `command-full`: the in-process dev dispatcher at full rate, beside
+/// pgbench's single-row outbox INSERT with the NOTIFY scriptd sends (and,
+/// in the note, without it). pgbench's rows are never due, so the outbox
+/// leaves them alone.
 pub async fn command_full(env: &Env, args: &Args) -> Result<Row> {
     eprintln!(
         "command-full: in-process dispatcher, full rate for {}s",
         args.duration
     );
-    command_flow("command-full", Target::of(env), args, args.duration, true).await
+    let mut row = command_flow("command-full", Target::of(env), args, args.duration, true).await?;
+    eprintln!("command-full: pgbench, single-row outbox INSERT with and without NOTIFY");
+    let insert = "INSERT INTO command_outbox (id, tenant_id, command, correlation_id, actor_user_id, \
+         created_by_id, context, payload, status, attempts, next_attempt_at, created_at, updated_at) \
+         VALUES (gen_random_uuid(), 'pgbench', 'Contacts.UpsertAndLink.v1', gen_random_uuid(), 'u_1', \
+         'pgbench', '{}', '{}', 'PENDING', 0, 'infinity', now(), now());";
+    let notifying = format!("BEGIN;\n{insert}\nSELECT pg_notify('scriptd_outbox', '');\nCOMMIT;\n");
+    let plain = format!("BEGIN;\n{insert}\nCOMMIT;\n");
+    let with_notify = super::pgbench(env, args, "command-insert-notify", &notifying)?;
+    let without = super::pgbench(env, args, "command-insert", &plain)?;
+    row.pgbench = Some(with_notify);
+    row.note += &format!(
+        "; pgbench: single-row outbox INSERT with NOTIFY {with_notify:.0} tps, without {without:.0} tps"
+    );
+    Ok(row)
 }
 
 /// `command-bus`: through NATS and `dev-handler`, at 200/s then at full rate.
