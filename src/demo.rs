@@ -132,11 +132,14 @@ async fn seed_runs(
                 value: VarValue::Json(json!(["new", "priority"])),
             },
         ];
-        services.runs.upsert(run.id, tenant.clone(), items).await?;
+        services
+            .runs
+            .upsert(run.id, tenant.clone(), items, None)
+            .await?;
         if finished {
             services
                 .runs
-                .finish(run.id, tenant.clone(), RunStatus::Succeeded)
+                .finish(run.id, tenant.clone(), RunStatus::Succeeded, None)
                 .await?;
         }
     }

@@ -151,10 +151,11 @@ impl ReadCache {
 
     /// Caches a view read in `epoch` (or written by this process), unless an
     /// entry at a higher revision (or a floor above it) is there.
-    pub fn insert_view(&self, view: ScriptView, epoch: Epoch) {
+    pub fn insert_view(&self, view: impl Into<Arc<ScriptView>>, epoch: Epoch) {
         if !self.enabled() || self.epoch() != epoch {
             return;
         }
+        let view = view.into();
         let id = view.script.id;
         let revision = view.script.revision;
         let mut entries = self.lock();
@@ -164,7 +165,7 @@ impl ReadCache {
         let bytes = view_bytes(&view);
         let entry = Entry {
             revision,
-            view: Some(Arc::new(view)),
+            view: Some(view),
             versions: HashMap::new(),
             bytes,
         };

@@ -369,7 +369,7 @@ impl Conn {
         Box::pin(async move {
             let res = match action {
                 Action::Vars(items) => {
-                    runs.stream_vars(run, tenant, items, seq)
+                    runs.upsert(run, tenant, items, Some(seq))
                         .await
                         .map(|u| OutFrame::Ack {
                             seq,
@@ -378,7 +378,7 @@ impl Conn {
                         })
                 }
                 Action::Finish(status) => {
-                    runs.stream_finish(run, tenant, status, seq)
+                    runs.finish(run, tenant, status, Some(seq))
                         .await
                         .map(|r| OutFrame::Finished {
                             seq,

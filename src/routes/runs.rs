@@ -73,7 +73,7 @@ pub async fn upsert_vars(
 ) -> ApiResult {
     let (run_id, tenant) = ctx.target("runId", &path)?;
     let items = body.value.into_upserts()?;
-    let done = svc.runs.upsert(run_id, tenant, items).await?;
+    let done = svc.runs.upsert(run_id, tenant, items, None).await?;
     Ok(HttpResponse::Ok().json(VarsUpserted {
         run_id,
         upserted: done.upserted,
@@ -104,7 +104,7 @@ pub async fn finish_run(
     }
     let run = svc
         .runs
-        .finish(run_id, tenant, body.value.status.into())
+        .finish(run_id, tenant, body.value.status.into(), None)
         .await?;
     Ok(HttpResponse::Ok().json(Run::from(run)))
 }

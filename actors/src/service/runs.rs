@@ -84,64 +84,34 @@ impl Runs {
         Ok(run)
     }
 
-    /// Upserts variables (distinct keys); answers after the commit.
+    /// Upserts variables (distinct keys); answers after the commit. `seq`:
+    /// a runner-stream frame's, committed with its rows; a frame at or below
+    /// the run's committed `seq` is answered as a resend (`duplicate`).
     pub async fn upsert(
         &self,
         id: Uuid,
         tenant: TenantId,
         items: Vec<VarUpsert>,
+        seq: Option<i64>,
     ) -> Result<Upserted> {
-        let seq = None;
         self.actors.ask(id, UpsertVars { tenant, items, seq }).await
     }
 
-    /// Finishes a run after its queued upserts.
-    pub async fn finish(&self, id: Uuid, tenant: TenantId, status: RunStatus) -> Result<Run> {
-        let seq = None;
-        self.actors
-            .ask(
-                id,
-                FinishRun {
-                    tenant,
-                    status,
-                    seq,
-                },
-            )
-            .await
-    }
-
-    /// A runner-stream `vars` frame: written with its `seq`, or answered as a
-    /// resend (`duplicate`) when the run's committed `seq` is at or above it.
-    pub async fn stream_vars(
-        &self,
-        id: Uuid,
-        tenant: TenantId,
-        items: Vec<VarUpsert>,
-        seq: i64,
-    ) -> Result<Upserted> {
-        let seq = Some(seq);
-        self.actors.ask(id, UpsertVars { tenant, items, seq }).await
-    }
-
-    /// A runner-stream `finish` frame.
-    pub async fn stream_finish(
+    /// Finishes a run after its queued upserts (`seq`: a runner-stream
+    /// `finish` frame's).
+    pub async fn finish(
         &self,
         id: Uuid,
         tenant: TenantId,
         status: RunStatus,
-        seq: i64,
+        seq: Option<i64>,
     ) -> Result<Run> {
-        let seq = Some(seq);
-        self.actors
-            .ask(
-                id,
-                FinishRun {
-                    tenant,
-                    status,
-                    seq,
-                },
-            )
-            .await
+        let finish = FinishRun {
+            tenant,
+            status,
+            seq,
+        };
+        self.actors.ask(id, finish).await
     }
 
     /// The run a runner stream opens on: the tenant's, RUNNING (else

@@ -97,19 +97,19 @@ impl Scripts {
         let (script, active_version) = sql::load_script_view(&client, id)
             .await?
             .ok_or_else(|| Error::not_found("script"))?;
-        let view = ScriptView {
+        let view = Arc::new(ScriptView {
             script,
             active_version,
-        };
+        });
         self.cache.insert_view(view.clone(), epoch);
         if view.script.tenant_id != tenant.as_str() {
             return Err(Error::not_found("script"));
         }
-        Ok(Arc::new(view))
+        Ok(view)
     }
 
-    /// After a write of this process committed: the new view is cached (or,
-    /// when it is not at hand, older ones dropped) before the writer hears.
+    /// After a write of this process committed: the new view is cached
+    /// before the writer hears (read-your-writes).
     fn written(&self, view: &ScriptView) {
         self.cache.insert_view(view.clone(), self.cache.epoch());
     }

@@ -2,11 +2,10 @@
 //! on NOTIFY, and reconnects with backoff (waking both after a reconnect, in
 //! case a notification was missed while it was down).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-
-use std::sync::Arc;
 
 use crate::hub::{EventHub, Wake};
 use crate::keyed::Singleton;
